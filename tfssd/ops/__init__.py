@@ -1,0 +1,1 @@
+"""Box operations in the canonical format: normalised [ymin, xmin, ymax, xmax]."""
