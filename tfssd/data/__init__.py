@@ -1,0 +1,1 @@
+"""Data: TFRecord schema, source formats and converters, augmentation, input pipelines."""

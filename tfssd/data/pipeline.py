@@ -1,0 +1,156 @@
+"""tf.data input pipelines: training (augmented, with encoded targets) and evaluation.
+
+Training stream: epoch e is exactly ``samples_per_epoch`` examples (steps per epoch times the
+global batch) drawn from the records shuffled with the seed (seed, e), cycling when the files
+hold fewer. Example i of the stream has the global index ``e * samples_per_epoch + i``; its
+augmentation is seeded with (seed, index). Hence a resumed run reproduces the data of an
+uninterrupted one: it skips serialized records, before any decoding, to its position.
+Workers take every n-th example of the same stream (per-worker sharding), so one global step
+always consumes the same global batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfssd.data import augment, schema, targets
+from tfssd.ops.image_ops import decode_image, resize
+
+_SEED_STRIDE = 1 << 24  # separates the shuffle seeds of different epochs' blocks
+
+
+def _epoch_records(files: tuple[str, ...], seed: int, epoch: tf.Tensor, block_size: int
+                   ) -> tf.data.Dataset:
+    """The records of one epoch, in an order fixed by (seed, epoch), repeated without end.
+
+    Shuffling is stateless: the file order is permuted, the files are interleaved, and records
+    are shuffled within consecutive blocks of ``block_size``. Nothing depends on TensorFlow's
+    global seed or on iterator state, so any epoch can be rebuilt on its own.
+    """
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=epoch_seed)
+    file_list = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(list(files)), order))
+    records = file_list.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    blocks = records.repeat().batch(block_size).enumerate()
+    return blocks.map(lambda block, batch: tf.random.experimental.stateless_shuffle(
+        batch, seed=tf.stack([epoch_seed[0], epoch * _SEED_STRIDE + block]))).unbatch()
+
+
+def _check_classes(classes: tf.Tensor, num_classes: int, filename: tf.Tensor) -> tf.Operation:
+    return tf.debugging.Assert(
+        tf.reduce_all(classes < num_classes),
+        [f"A record has a class id outside 0..{num_classes - 1} (num_classes={num_classes}): "
+         "record (source image)", filename, "class ids", classes], summarize=20)
+
+
+def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, epochs: int, seed: int,
+                    start_sample: int = 0, shuffle_buffer: int = 1024) -> tf.data.Dataset:
+    """The serialized training examples from global index ``start_sample`` to the run's end.
+
+    Yields:
+      (index int64 [], serialized string []).
+    """
+    first_epoch, skip = divmod(start_sample, samples_per_epoch)
+
+    def epoch_records(epoch):
+        records = _epoch_records(files, seed, epoch, shuffle_buffer).take(samples_per_epoch)
+        return records.enumerate(start=epoch * samples_per_epoch)
+
+    stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_records)
+    return stream.skip(skip)
+
+
+def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_size: int,
+                        label_width: int, num_classes: int, batch_size: int,
+                        samples_per_epoch: int, epochs: int, seed: int, start_sample: int = 0,
+                        shuffle_buffer: int = 1024,
+                        input_context: tf.distribute.InputContext | None = None
+                        ) -> tf.data.Dataset:
+    """Augmented training batches with their SSD targets.
+
+    Args:
+      files: TFRecord files in tfssd's schema.
+      anchors: float32 [A, 4], normalised yxyx, the model's anchors.
+      image_size: side of the square network input.
+      label_width: labels longer than this stop the run with the record named.
+      num_classes: a class id outside [0, num_classes) stops the run with the record named.
+      batch_size: examples per batch of this pipeline (per replica).
+      samples_per_epoch: examples in one epoch over all workers.
+      epochs: the stream ends after this epoch.
+      seed: the run's seed (data order and augmentation).
+      start_sample: global index to start from (resume).
+      shuffle_buffer: records in the shuffle buffer.
+      input_context: per-worker sharding, from ``distribute_datasets_from_function``.
+
+    Yields:
+      images: float32 [batch, S, S, 3], RGB in [0, 255].
+      targets: {"cls_targets": int32 [batch, A], "box_targets": float32 [batch, A, 4]}.
+    """
+    anchors = tf.constant(anchors, tf.float32)
+    stream = training_stream(files, samples_per_epoch=samples_per_epoch, epochs=epochs,
+                             seed=seed, start_sample=start_sample, shuffle_buffer=shuffle_buffer)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+    def make_example(index, serialized):
+        example = schema.parse_example(serialized)
+        with tf.control_dependencies([schema.check_label_width(
+                example["label"], label_width, example["filename"])]):
+            image = decode_image(example["image_bytes"])
+        boxes, classes, difficult = schema.label_to_objects(example["label"])
+        with tf.control_dependencies([_check_classes(classes, num_classes, example["filename"])]):
+            classes = tf.identity(classes)
+        example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        image, boxes, classes, _ = augment.ssd_augment(image, boxes, classes, difficult,
+                                                       example_seed, image_size)
+        cls_targets, box_targets = targets.encode_targets(boxes, classes, anchors)
+        return image, {"cls_targets": cls_targets, "box_targets": box_targets}
+
+    dataset = stream.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_width: int,
+                       batch_size: int) -> tf.data.Dataset:
+    """Validation images with their padded ground truth, in file order.
+
+    Args:
+      files: TFRecord files in tfssd's schema.
+      image_size: side of the network input; None yields the encoded images instead, for a
+        model that decodes them itself (an exported SavedModel).
+      label_width: labels longer than this stop the run with the record named.
+      batch_size: examples per batch (the last batch may be smaller).
+
+    Yields dicts of:
+      images: float32 [batch, S, S, 3], RGB in [0, 255]; or image_bytes: string [batch].
+      gt_boxes: float32 [batch, M, 4], normalised yxyx, M = (label_width - 2) // 5.
+      gt_classes: int32 [batch, M], -1 for padding.
+      gt_difficult: bool [batch, M].
+      filename: string [batch].
+    """
+    max_objects = (label_width - schema.HEADER_WIDTH) // schema.OBJECT_WIDTH
+
+    def make_example(serialized):
+        example = schema.parse_example(serialized)
+        with tf.control_dependencies([schema.check_label_width(
+                example["label"], label_width, example["filename"])]):
+            if image_size is None:
+                image = {"image_bytes": tf.identity(example["image_bytes"])}
+            else:
+                image = {"images": resize(decode_image(example["image_bytes"]), image_size)}
+        boxes, classes, difficult = schema.label_to_objects(example["label"])
+        padding = max_objects - tf.shape(classes)[0]
+        return {
+            **image,
+            "gt_boxes": tf.pad(boxes, [[0, padding], [0, 0]]),
+            "gt_classes": tf.pad(classes, [[0, padding]], constant_values=-1),
+            "gt_difficult": tf.pad(difficult, [[0, padding]]),
+            "filename": example["filename"],
+        }
+
+    dataset = tf.data.TFRecordDataset(list(files))
+    dataset = dataset.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
