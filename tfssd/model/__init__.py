@@ -1,0 +1,1 @@
+"""The SSD network: backbones, extra layers, heads, weight loading and freezing."""
