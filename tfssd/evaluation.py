@@ -1,0 +1,147 @@
+"""Pascal VOC mean average precision, in NumPy.
+
+As the VOC devkit: detections of a class are ranked by score over all images; a detection is a
+true positive when its best-overlapping ground truth of that class has IoU above the threshold
+and was not already taken, a false positive otherwise; detections whose best match is a
+"difficult" ground truth count neither way, and difficult boxes are not in the recall's
+denominator. AP is the area under the precision envelope (all-point, VOC2010+) or the mean of
+the envelope at recalls 0, 0.1, ..., 1 (11-point, VOC2007, used by the published SSD figures).
+Boxes are normalised yxyx, so IoU has no "+1" pixel term. A class without ground truth has an
+AP of NaN and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box [4]`` with each of ``boxes [N, 4]`` (yxyx) -> [N]."""
+    height = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    width = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = height * width
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "allpoint"
+                      ) -> float:
+    """AP from a ranked list's recall and precision (each [N], recall non-decreasing)."""
+    if method == "11point":
+        return float(np.mean([np.max(precision[recall >= t], initial=0.0)
+                              for t in np.linspace(0, 1, 11)]))
+    if method != "allpoint":
+        raise ValueError(f"method must be 11point or allpoint, got {method!r}")
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    changes = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[changes + 1] - recall[changes]) * envelope[changes + 1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    mean_ap: float  # NaN when no class has ground truth
+    ap: np.ndarray  # float [num_classes], NaN for classes without ground truth
+    num_ground_truth: np.ndarray  # int [num_classes], difficult boxes not counted
+    num_detections: np.ndarray  # int [num_classes]
+
+    def format(self, class_names=None) -> str:
+        lines = [f"mAP {self.mean_ap:.4f}"]
+        for c, ap in enumerate(self.ap):
+            name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            lines.append(f"  {c:3d} {name:20s} AP {ap:.4f}  ({self.num_ground_truth[c]} objects, "
+                         f"{self.num_detections[c]} detections)")
+        return "\n".join(lines)
+
+
+class DetectionEvaluator:
+    """Accumulates detections and ground truth image by image, then computes VOC AP per class."""
+
+    def __init__(self, num_classes: int, iou_threshold: float = 0.5, method: str = "11point"):
+        self.num_classes = num_classes
+        self.iou_threshold = iou_threshold
+        self.method = method
+        self._detections = []  # (image, class, score, box)
+        self._ground_truth = []  # per image: (boxes [M, 4], classes [M], difficult [M])
+
+    def add_image(self, det_boxes, det_scores, det_classes, gt_boxes, gt_classes,
+                  gt_difficult=None) -> None:
+        """Adds one image: detections ([K, 4], [K], [K]) and ground truth ([M, 4], [M], [M])."""
+        image = len(self._ground_truth)
+        gt_classes = np.asarray(gt_classes, np.int64).reshape(-1)
+        gt_difficult = (np.zeros(len(gt_classes), bool) if gt_difficult is None
+                        else np.asarray(gt_difficult, bool).reshape(-1))
+        self._ground_truth.append((np.asarray(gt_boxes, np.float64).reshape(-1, 4), gt_classes,
+                                   gt_difficult))
+        for box, score, cls in zip(np.asarray(det_boxes, np.float64).reshape(-1, 4),
+                                   np.asarray(det_scores).reshape(-1),
+                                   np.asarray(det_classes).reshape(-1)):
+            self._detections.append((image, int(cls), float(score), box))
+
+    def add_batch(self, detections: dict, ground_truth: dict) -> None:
+        """Adds padded batches, as the post-processing and the evaluation dataset produce them.
+
+        Args:
+          detections: detection_boxes [B, K, 4], detection_scores [B, K],
+            detection_classes [B, K], num_detections [B].
+          ground_truth: gt_boxes [B, M, 4], gt_classes [B, M] (-1 padding), gt_difficult [B, M].
+        """
+        detections = {k: np.asarray(v) for k, v in detections.items()}
+        ground_truth = {k: np.asarray(v) for k, v in ground_truth.items()}
+        for b, n in enumerate(detections["num_detections"].astype(int)):
+            real = ground_truth["gt_classes"][b] >= 0
+            self.add_image(detections["detection_boxes"][b, :n],
+                           detections["detection_scores"][b, :n],
+                           detections["detection_classes"][b, :n],
+                           ground_truth["gt_boxes"][b][real], ground_truth["gt_classes"][b][real],
+                           ground_truth["gt_difficult"][b][real])
+
+    @property
+    def num_images(self) -> int:
+        return len(self._ground_truth)
+
+    def result(self) -> EvaluationResult:
+        ap = np.full(self.num_classes, np.nan)
+        num_gt = np.zeros(self.num_classes, int)
+        num_det = np.zeros(self.num_classes, int)
+        by_class = [[] for _ in range(self.num_classes)]
+        for detection in self._detections:
+            if 0 <= detection[1] < self.num_classes:
+                by_class[detection[1]].append(detection)
+        for c in range(self.num_classes):
+            gt = {i: (boxes[classes == c], difficult[classes == c])
+                  for i, (boxes, classes, difficult) in enumerate(self._ground_truth)}
+            num_gt[c] = sum(int(np.sum(~d)) for _, d in gt.values())
+            dets = sorted(by_class[c], key=lambda d: -d[2])
+            num_det[c] = len(dets)
+            if num_gt[c] == 0:
+                continue
+            taken = {i: np.zeros(len(d), bool) for i, (_, d) in gt.items()}
+            true_pos, false_pos = np.zeros(len(dets)), np.zeros(len(dets))
+            for k, (image, _, _, box) in enumerate(dets):
+                boxes, difficult = gt[image]
+                if len(boxes) == 0:
+                    false_pos[k] = 1
+                    continue
+                overlaps = box_iou(box, boxes)
+                best = int(np.argmax(overlaps))
+                if overlaps[best] > self.iou_threshold:
+                    if difficult[best]:
+                        continue
+                    if not taken[image][best]:
+                        true_pos[k], taken[image][best] = 1, True
+                    else:
+                        false_pos[k] = 1
+                else:
+                    false_pos[k] = 1
+            tp, fp = np.cumsum(true_pos), np.cumsum(false_pos)
+            recall = tp / num_gt[c]
+            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+            ap[c] = average_precision(recall, precision, self.method)
+        mean_ap = float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
+        return EvaluationResult(mean_ap, ap, num_gt, num_det)

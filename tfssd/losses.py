@@ -1,0 +1,70 @@
+"""SSD's multibox loss: softmax cross-entropy with hard-negative mining plus smooth L1 on boxes.
+
+SSD paper, Sec. 2.2 "Training objective" and "Hard negative mining": the confidence loss covers
+the positive anchors and the negatives with the highest loss, at most 3 per positive in each
+image; the localisation loss is smooth L1 over the positives' encoded boxes. The caller divides
+both sums by the number of positives over all replicas (at least 1), so the loss of a global
+batch does not depend on how it is split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfssd.ops.matcher import BACKGROUND
+
+NEG_POS_RATIO = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSums:
+    """Summed (not yet normalised) losses of a batch, and its number of positive anchors."""
+
+    cls_loss_sum: tf.Tensor  # float32 []
+    box_loss_sum: tf.Tensor  # float32 []
+    num_positives: tf.Tensor  # float32 []
+
+
+def smooth_l1(x: tf.Tensor) -> tf.Tensor:
+    """0.5 x^2 where |x| < 1, |x| - 0.5 elsewhere (Fast R-CNN, Eq. 3), element-wise."""
+    absolute = tf.abs(x)
+    return tf.where(absolute < 1.0, 0.5 * tf.square(x), absolute - 0.5)
+
+
+def multibox_loss(cls_targets: tf.Tensor, box_targets: tf.Tensor, cls_logits: tf.Tensor,
+                  box_deltas: tf.Tensor, neg_pos_ratio: float = NEG_POS_RATIO) -> LossSums:
+    """Multibox loss sums of a batch.
+
+    Args:
+      cls_targets: int32 [B, A], BACKGROUND (0) or class id + 1.
+      box_targets: float32 [B, A, 4], encoded boxes (zeros on background anchors).
+      cls_logits: float32 [B, A, num_classes + 1].
+      box_deltas: float32 [B, A, 4].
+      neg_pos_ratio: hard negatives kept per positive, per image.
+
+    Returns:
+      LossSums over the batch. An image without positives contributes no loss at all.
+    """
+    with tf.name_scope("multibox_loss"):
+        cls_logits = tf.cast(cls_logits, tf.float32)
+        box_deltas = tf.cast(box_deltas, tf.float32)
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=cls_targets, logits=cls_logits)  # [B, A]
+        positive = cls_targets != BACKGROUND
+        num_positive = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)  # [B]
+        num_anchors = tf.shape(cls_targets)[1]
+        num_negative = tf.minimum(tf.cast(neg_pos_ratio * tf.cast(num_positive, tf.float32),
+                                          tf.int32), num_anchors - num_positive)
+        # Rank negatives by their loss (positives last); keep the top num_negative per image.
+        negative_loss = tf.where(positive, -1.0, tf.stop_gradient(cross_entropy))
+        order = tf.argsort(negative_loss, axis=1, direction="DESCENDING", stable=True)
+        rank = tf.argsort(order, axis=1)
+        hard_negative = rank < num_negative[:, None]
+        selected = tf.cast(positive | hard_negative, tf.float32)
+        cls_loss_sum = tf.reduce_sum(cross_entropy * selected)
+        box_loss = tf.reduce_sum(smooth_l1(box_deltas - box_targets), axis=-1)  # [B, A]
+        box_loss_sum = tf.reduce_sum(box_loss * tf.cast(positive, tf.float32))
+        return LossSums(cls_loss_sum, box_loss_sum,
+                        tf.cast(tf.reduce_sum(num_positive), tf.float32))

@@ -1,0 +1,53 @@
+"""Detections from the network's outputs: decode boxes, softmax, per-class NMS, fixed size.
+
+As SSD's detection output: the 400 best-scoring anchors of each class enter non-maximum
+suppression (as the MXNet and torchvision SSDs do), scores below 0.01 are dropped, and at most
+200 detections per image remain, padded to a fixed size for serving.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfssd.ops import box_coder
+
+PRE_NMS_TOP_K = 400
+
+
+def postprocess(cls_logits: tf.Tensor, box_deltas: tf.Tensor, anchors: tf.Tensor, *,
+                nms_threshold: float = 0.45, score_threshold: float = 0.01,
+                max_detections: int = 200, pre_nms_top_k: int = PRE_NMS_TOP_K
+                ) -> dict[str, tf.Tensor]:
+    """Turns network outputs into detections.
+
+    Args:
+      cls_logits: float32 [B, A, num_classes + 1], class 0 is background.
+      box_deltas: float32 [B, A, 4], encoded (dy, dx, dh, dw).
+      anchors: float32 [A, 4], normalised yxyx.
+      nms_threshold: IoU above which a lower-scored box of the same class is suppressed.
+      score_threshold: detections scoring below this are dropped.
+      max_detections: detections kept per image.
+      pre_nms_top_k: candidates per class entering NMS.
+
+    Returns:
+      detection_boxes: float32 [B, max_detections, 4], normalised yxyx clipped to [0, 1].
+      detection_scores: float32 [B, max_detections], descending; 0 on padding.
+      detection_classes: float32 [B, max_detections], class ids from 0; 0 on padding.
+      num_detections: int32 [B], valid entries of each row.
+    """
+    with tf.name_scope("postprocess"):
+        boxes = box_coder.decode(tf.cast(box_deltas, tf.float32), anchors)  # [B, A, 4]
+        scores = tf.nn.softmax(tf.cast(cls_logits, tf.float32), axis=-1)[:, :, 1:]  # [B, A, C]
+        top_k = min(pre_nms_top_k, int(anchors.shape[0]))
+        # Per class, only the best anchors are NMS candidates: [B, C, K].
+        top_scores, top_index = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=top_k)
+        candidate_boxes = tf.gather(boxes, top_index, batch_dims=1)  # [B, C, K, 4]
+        nmsed = tf.image.combined_non_max_suppression(
+            boxes=tf.transpose(candidate_boxes, [0, 2, 1, 3]),  # [B, K, C, 4]
+            scores=tf.transpose(top_scores, [0, 2, 1]),  # [B, K, C]
+            max_output_size_per_class=max_detections, max_total_size=max_detections,
+            iou_threshold=nms_threshold, score_threshold=score_threshold, clip_boxes=True)
+        return {"detection_boxes": nmsed.nmsed_boxes,
+                "detection_scores": nmsed.nmsed_scores,
+                "detection_classes": nmsed.nmsed_classes,
+                "num_detections": nmsed.valid_detections}
