@@ -1,0 +1,416 @@
+"""The training loop: one custom loop for every tf.distribute strategy.
+
+Why not ``model.fit``: Keras 3's fit breaks under MultiWorkerMirroredStrategy and does not
+support ParameterServerStrategy (DESIGN.md). This loop runs ``strategy.run`` per step, keeps the
+global step in its own ``tf.Variable`` (updated with an atomic ``assign_add``) and derives the
+learning rate from it. Every epoch it saves a checkpoint of the model, the optimizer and the
+run's state (step, seed, early-stopping record), measures validation mAP, and writes TensorBoard
+summaries. A restarted run resumes from the latest checkpoint at the same step, schedule
+position and data position. The export at the end is the checkpoint with the best validation
+mAP (or the final one without validation data); the final checkpoint stays in the model
+directory.
+
+Optimizers follow SageMaker's (MXNet's) semantics: momentum for sgd only; weight decay as
+coupled L2 (``grad += wd * w``, on convolution kernels) for sgd and rmsprop only; adadelta has
+no learning rate in MXNet, so learning_rate and the schedule do not apply to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfssd import export, sagemaker_metrics
+from tfssd.config import Config
+from tfssd.data import convert, pipeline
+from tfssd.distribute import Cluster
+from tfssd.early_stopping import EarlyStopping
+from tfssd.evaluation import DetectionEvaluator, EvaluationResult
+from tfssd.losses import multibox_loss
+from tfssd.model.ssd import SSD, build_ssd
+from tfssd.postprocess import postprocess
+
+RUN_FILE = "tfssd_run.json"  # the network geometry a model directory was trained with
+_GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    global_step: int
+    epochs_completed: int
+    best_map: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    export_path: str | None
+    model_dir: str
+
+
+def learning_rate_at(step: tf.Tensor, base: float, factor: float,
+                     boundaries: tuple[int, ...]) -> tf.Tensor:
+    """``base * factor ** (number of boundaries <= step)``: SageMaker's step schedule."""
+    if not boundaries:
+        return tf.constant(base, tf.float32)
+    passed = tf.reduce_sum(tf.cast(tf.cast(step, tf.int64) >= tf.constant(boundaries, tf.int64),
+                                   tf.float32))
+    return base * tf.pow(tf.constant(factor, tf.float32), passed)
+
+
+def build_optimizer(name: str, learning_rate, momentum: float) -> keras.optimizers.Optimizer:
+    """The Keras optimizer with MXNet's settings; ``learning_rate`` may be a callable."""
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate, rho=0.9, epsilon=1e-8)
+    if name == "adadelta":
+        # MXNet's AdaDelta ignores the learning rate, i.e. uses 1.0.
+        return keras.optimizers.Adadelta(learning_rate=1.0, rho=0.9, epsilon=1e-5)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def uses_weight_decay(optimizer: str) -> bool:
+    return optimizer in ("sgd", "rmsprop")
+
+
+def is_decayed(variable) -> bool:
+    """Weight decay applies to convolution kernels, not to biases or scales (as MXNet's wd_mult)."""
+    return variable.name.split("/")[-1].split(":")[0] == "kernel"
+
+
+@tf.autograph.experimental.do_not_convert  # autograph mangles the conditional in the loop
+def add_weight_decay(grads, variables, decayed, rate: float):
+    """MXNet's coupled L2: ``grad + rate * w`` for the variables flagged in ``decayed``."""
+    return [grad + rate * variable if flag else grad
+            for grad, variable, flag in zip(grads, variables, decayed)]
+
+
+def read_class_names(path: str | None, num_classes: int) -> list[str]:
+    """Class names from a class_map.json, or the ids as names; must agree with num_classes."""
+    if not path:
+        return [str(i) for i in range(num_classes)]
+    names = convert.read_class_map(path)
+    if len(names) != num_classes:
+        raise TrainingError(f"{path} lists {len(names)} classes but num_classes={num_classes}; "
+                            "num_classes counts object classes without background")
+    return names
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    """Trains one SSD as a config describes, under a strategy, on this process's part of a cluster.
+
+    Non-chief workers write their checkpoints and summaries to a scratch directory; every
+    worker saves, as MultiWorkerMirroredStrategy requires.
+    """
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy, cluster: Cluster):
+        self.config = config
+        self.strategy = strategy
+        self.cluster = cluster
+        self.train_cfg = config.train
+        self.model_dir = (config.train.model_dir if cluster.is_chief else
+                          tempfile.mkdtemp(prefix=f"tfssd-worker{cluster.task_id}-"))
+        os.makedirs(self.model_dir, exist_ok=True)
+        self.class_names = read_class_names(config.data.class_map_file, config.model.num_classes)
+
+        with strategy.scope():
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.run_seed = tf.Variable(-1, dtype=tf.int64, trainable=False, name="run_seed",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.best_map = tf.Variable(-1.0, dtype=tf.float32, trainable=False,
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        resuming = tf.train.latest_checkpoint(self.model_dir) is not None
+        if config.train.seed is not None:
+            keras.utils.set_random_seed(config.train.seed)
+        with strategy.scope():
+            # A resumed run takes its weights from the checkpoint, not from ImageNet.
+            self.ssd: SSD = build_ssd(config.model, load_pretrained=not resuming)
+            self.model = self.ssd.model
+            self.optimizer = build_optimizer(config.train.optimizer, self._learning_rate,
+                                             config.train.momentum)
+            self.optimizer.build(self.model.trainable_variables)
+        self._check_run_file()
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, global_step=self.global_step,
+            run_seed=self.run_seed, best_map=self.best_map, best_epoch=self.best_epoch,
+            bad_epochs=self.bad_epochs)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.model_dir,
+                                                  max_to_keep=config.train.max_checkpoints)
+        self.best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, "best"),
+            max_to_keep=1)
+        if resuming:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("Resumed from %s at step %d.", self.manager.latest_checkpoint,
+                         int(self.global_step.numpy()))
+        if int(self.run_seed.numpy()) < 0:
+            self.run_seed.assign(config.train.seed if config.train.seed is not None
+                                 else random.SystemRandom().randrange(2 ** 31))
+
+        writer = tf.summary.create_file_writer if cluster.is_chief else (
+            lambda _: tf.summary.create_noop_writer())
+        self.train_writer = writer(os.path.join(self.model_dir, "train"))
+        self.val_writer = writer(os.path.join(self.model_dir, "validation"))
+        self.train_step = self._make_train_step()  # (distributed iterator) -> (cls, box) losses
+        self._detect = tf.function(self._detect_fn, reduce_retracing=True)
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _learning_rate(self):
+        return learning_rate_at(self.global_step, self.train_cfg.learning_rate,
+                                self.train_cfg.lr_scheduler_factor, self.train_cfg.lr_boundaries)
+
+    def _check_run_file(self) -> None:
+        """Refuses a model directory trained with another network geometry."""
+        path = os.path.join(self.config.train.model_dir, RUN_FILE)
+        geometry = {"base_network": self.config.model.base_network,
+                    "num_classes": self.config.model.num_classes,
+                    "image_size": self.config.model.image_size,
+                    "width_multiplier": self.config.model.width_multiplier}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                recorded = json.load(f)
+            different = {k: (recorded.get(k), geometry[k]) for k in _GEOMETRY_KEYS
+                         if recorded.get(k) != geometry[k]}
+            if different:
+                raise TrainingError(
+                    f"{self.config.train.model_dir} holds a run with another network "
+                    + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in different.items())
+                    + "; use a new --model_dir to start a new run")
+        elif self.cluster.is_chief:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({**geometry, "class_names": self.class_names}, f, indent=2)
+
+    def train_dataset(self, start_sample: int = 0):
+        """The distributed training stream from global example ``start_sample``."""
+        cfg, data = self.train_cfg, self.config.data
+
+        def dataset_fn(input_context: tf.distribute.InputContext):
+            return pipeline.build_train_dataset(
+                data.train_files, self.ssd.anchors, image_size=data.image_size,
+                label_width=data.label_width, num_classes=self.config.model.num_classes,
+                batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
+                samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size,
+                epochs=cfg.epochs, seed=int(self.run_seed.numpy()), start_sample=start_sample,
+                shuffle_buffer=data.shuffle_buffer, input_context=input_context)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _make_train_step(self):
+        decay = self.train_cfg.weight_decay if uses_weight_decay(self.train_cfg.optimizer) else 0.0
+        replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        decayed = [is_decayed(v) for v in variables]
+
+        def replica_step(images, targets):
+            # The loss of the global batch is divided by its number of positives (at least 1).
+            context = tf.distribute.get_replica_context()
+            local_positives = tf.reduce_sum(tf.cast(targets["cls_targets"] > 0, tf.float32))
+            normaliser = tf.maximum(
+                context.all_reduce(tf.distribute.ReduceOp.SUM, local_positives), 1.0)
+            with tf.GradientTape() as tape:
+                outputs = self.model(images, training=True)
+                sums = multibox_loss(targets["cls_targets"], targets["box_targets"],
+                                     outputs["cls_logits"], outputs["box_deltas"])
+                cls_loss = sums.cls_loss_sum / normaliser
+                box_loss = sums.box_loss_sum / normaliser
+                loss = cls_loss + box_loss  # inside the tape, or it has no gradient
+            grads = tape.gradient(loss, variables)
+            if decay:
+                # Gradients are summed over replicas, so each adds its share of wd * w.
+                grads = add_weight_decay(grads, variables, decayed, decay / replicas)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return cls_loss, box_loss
+
+        @tf.function
+        def train_step(iterator):
+            images, targets = next(iterator)
+            cls_loss, box_loss = self.strategy.run(replica_step, args=(images, targets))
+            self.global_step.assign_add(1)
+            reduce = lambda x: self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+            return reduce(cls_loss), reduce(box_loss)
+
+        return train_step
+
+    def _detect_fn(self, images):
+        outputs = self.model(images, training=False)
+        model = self.config.model
+        return postprocess(outputs["cls_logits"], outputs["box_deltas"],
+                           tf.constant(self.ssd.anchors), nms_threshold=model.nms_threshold,
+                           score_threshold=model.score_threshold,
+                           max_detections=model.max_detections)
+
+    def evaluate(self) -> EvaluationResult:
+        """Validation mAP of the current weights (every worker computes the same)."""
+        data = self.config.data
+        evaluator = DetectionEvaluator(self.config.model.num_classes,
+                                       self.config.eval.overlap_threshold,
+                                       self.config.eval.ap_method)
+        dataset = pipeline.build_eval_dataset(data.validation_files, image_size=data.image_size,
+                                              label_width=data.label_width,
+                                              batch_size=self.train_cfg.mini_batch_size)
+        for batch in dataset:
+            evaluator.add_batch(self._detect(batch["images"]), batch)
+        return evaluator.result()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _log(self, line: str) -> None:
+        if self.cluster.is_chief:
+            logging.info(line)
+
+    def _write_hyperparameters(self) -> None:
+        rows = []
+        for group in ("model", "data", "train", "eval", "early_stopping"):
+            for key, value in dataclasses.asdict(getattr(self.config, group)).items():
+                if key in ("train_files", "validation_files"):
+                    value = f"{len(value)} files"
+                rows.append(f"| {group}.{key} | {value} |")
+        with self.train_writer.as_default():
+            tf.summary.text("hyperparameters", "| name | value |\n|---|---|\n" + "\n".join(rows),
+                            step=0)
+
+    def train(self) -> TrainingResult:
+        cfg, host = self.train_cfg, self.cluster.host
+        steps_per_epoch, total_steps = cfg.steps_per_epoch, cfg.total_steps
+        step = int(self.global_step.numpy())
+        early = EarlyStopping(self.config.early_stopping.min_epochs,
+                              self.config.early_stopping.patience,
+                              self.config.early_stopping.tolerance)
+        if float(self.best_map.numpy()) >= 0:
+            early.best = float(self.best_map.numpy())
+            early.best_epoch = int(self.best_epoch.numpy())
+            early.epochs_without_improvement = int(self.bad_epochs.numpy())
+        self._log(f"Training {self.model.name}: {self.model.count_params():,} parameters, "
+                  f"{self.ssd.num_anchors} anchors, {steps_per_epoch} steps per epoch of "
+                  f"{cfg.global_batch_size} images, {cfg.epochs} epochs; model_dir "
+                  f"{cfg.model_dir}; seed {int(self.run_seed.numpy())}.")
+        if step == 0:
+            self._write_hyperparameters()
+        if step >= total_steps:
+            self._log("The run in this model directory is complete; nothing to train.")
+        iterator = iter(self.train_dataset(start_sample=step * cfg.global_batch_size))
+        stopped_early = False
+        window_start, window_steps = time.time(), 0
+        window_cls, window_box = 0.0, 0.0
+        run_start, run_first_step = time.time(), step
+        while step < total_steps:
+            cls_loss, box_loss = (float(x) for x in self.train_step(iterator))
+            step += 1
+            epoch, batch = divmod(step - 1, steps_per_epoch)
+            if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
+                raise TrainingError(
+                    f"The loss became non-finite at step {step} (cross_entropy {cls_loss}, "
+                    f"smooth_l1 {box_loss}). The last good checkpoint "
+                    f"({self.manager.latest_checkpoint}) is kept; try a lower --learning_rate.")
+            window_steps += 1
+            window_cls += cls_loss
+            window_box += box_loss
+            epoch_end = step % steps_per_epoch == 0
+            if step % cfg.log_every_steps == 0 or epoch_end or step == total_steps:
+                elapsed = time.time() - window_start
+                images_per_s = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
+                mean_cls, mean_box = window_cls / window_steps, window_box / window_steps
+                learning_rate = float(self._learning_rate())
+                eta = (time.time() - run_start) / (step - run_first_step) * (total_steps - step)
+                self._log(f"epoch {epoch + 1}/{cfg.epochs} step {batch + 1}/{steps_per_epoch} "
+                          f"loss {mean_cls + mean_box:.4f} (cross_entropy {mean_cls:.4f}, "
+                          f"smooth_l1 {mean_box:.4f}) lr {learning_rate:.3g} "
+                          f"{images_per_s:.2f} images/s ETA {_format_duration(eta)}")
+                self._log(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy",
+                                                       mean_cls))
+                self._log(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
+                self._log(sagemaker_metrics.throughput(host, images_per_s))
+                self._log(sagemaker_metrics.progress(host, 100.0 * step / total_steps))
+                with self.train_writer.as_default(step=step):
+                    tf.summary.scalar("loss/total", mean_cls + mean_box)
+                    tf.summary.scalar("loss/cross_entropy", mean_cls)
+                    tf.summary.scalar("loss/smooth_l1", mean_box)
+                    tf.summary.scalar("learning_rate", learning_rate)
+                    tf.summary.scalar("throughput_images_per_second", images_per_s)
+                window_start, window_steps, window_cls, window_box = time.time(), 0, 0.0, 0.0
+            if epoch_end:
+                completed = epoch + 1
+                if self.config.data.validation_files:
+                    result = self.evaluate()
+                    self._report_validation(result, completed, step)
+                    if early.best is None or result.mean_ap > early.best:
+                        self.best_manager.save(checkpoint_number=step)
+                    should_stop = early.update(completed, result.mean_ap)
+                    self.best_map.assign(early.best)
+                    self.best_epoch.assign(early.best_epoch)
+                    self.bad_epochs.assign(early.epochs_without_improvement)
+                    if self.config.early_stopping.enabled and should_stop and step < total_steps:
+                        stopped_early = True
+                        self._log(f"Early stopping after epoch {completed}: no improvement of "
+                                  f"validation mAP by more than "
+                                  f"{self.config.early_stopping.tolerance} for "
+                                  f"{early.epochs_without_improvement} epochs (best "
+                                  f"{early.best:.4f} at epoch {early.best_epoch}).")
+                self.manager.save(checkpoint_number=step)
+                if stopped_early:
+                    break
+        return self._finish(step, stopped_early, early)
+
+    def _report_validation(self, result: EvaluationResult, epoch: int, step: int) -> None:
+        self._log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
+        self._log(f"validation after epoch {epoch}: " + result.format(self.class_names))
+        with self.val_writer.as_default(step=step):
+            tf.summary.scalar("mAP", result.mean_ap)
+            for name, ap in zip(self.class_names, result.ap):
+                if not np.isnan(ap):
+                    tf.summary.scalar(f"AP/{name}", ap)
+
+    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping) -> TrainingResult:
+        cfg = self.train_cfg
+        if self.best_manager.latest_checkpoint:
+            tf.train.Checkpoint(model=self.model).restore(
+                self.best_manager.latest_checkpoint).expect_partial()
+            chosen = f"the best validation mAP ({early.best:.4f}, epoch {early.best_epoch})"
+        else:
+            chosen = "the final weights"
+        export_path = None
+        if self.cluster.is_chief:
+            export_path = export.export_saved_model(
+                self.model, self.ssd.anchors, cfg.resolved_export_dir,
+                image_size=self.config.model.image_size, class_names=self.class_names,
+                nms_threshold=self.config.model.nms_threshold,
+                score_threshold=self.config.model.score_threshold,
+                max_detections=self.config.model.max_detections)
+            self._log(f"Done: {step // cfg.steps_per_epoch} epochs ({step} steps)"
+                      f"{', stopped early' if stopped_early else ''}. Exported {chosen} to "
+                      f"{export_path}. Checkpoints and TensorBoard logs: {cfg.model_dir} "
+                      f"(tensorboard --logdir {cfg.model_dir}).")
+        return TrainingResult(global_step=step, epochs_completed=step // cfg.steps_per_epoch,
+                              best_map=early.best, best_epoch=early.best_epoch or None,
+                              stopped_early=stopped_early, export_path=export_path,
+                              model_dir=cfg.model_dir)
+
+
+def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster) -> TrainingResult:
+    """Trains (or resumes) the run that ``config`` describes; returns what it did."""
+    return Trainer(config, strategy, cluster).train()
