@@ -323,10 +323,11 @@ class Trainer:
             step += 1
             epoch, batch = divmod(step - 1, steps_per_epoch)
             if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
+                kept = (f"the last good checkpoint, {self.manager.latest_checkpoint}, is kept"
+                        if self.manager.latest_checkpoint else "no checkpoint was written yet")
                 raise TrainingError(
                     f"The loss became non-finite at step {step} (cross_entropy {cls_loss}, "
-                    f"smooth_l1 {box_loss}). The last good checkpoint "
-                    f"({self.manager.latest_checkpoint}) is kept; try a lower --learning_rate.")
+                    f"smooth_l1 {box_loss}); {kept}. Try a lower --learning_rate.")
             window_steps += 1
             window_cls += cls_loss
             window_box += box_loss

@@ -17,25 +17,29 @@ import tensorflow as tf
 from tfssd.data import augment, schema, targets
 from tfssd.ops.image_ops import decode_image, resize
 
-_SEED_STRIDE = 1 << 24  # separates the shuffle seeds of different epochs' blocks
+
+def _one_pass(files: tuple[str, ...], pass_seed: tf.Tensor, block_size: int) -> tf.data.Dataset:
+    """Every record of ``files`` once, in an order fixed by ``pass_seed`` (int64 [2]).
+
+    Shuffling is stateless: the file order is permuted, the files are interleaved, and records
+    are shuffled within consecutive blocks of ``block_size`` (the whole pass when it is
+    smaller). Nothing depends on TensorFlow's global seed or on iterator state.
+    """
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=pass_seed)
+    file_list = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(list(files)), order))
+    records = file_list.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records.batch(block_size).enumerate().map(
+        lambda block, batch: tf.random.experimental.stateless_shuffle(
+            batch, seed=tf.random.experimental.stateless_fold_in(pass_seed, block))).unbatch()
 
 
 def _epoch_records(files: tuple[str, ...], seed: int, epoch: tf.Tensor, block_size: int
                    ) -> tf.data.Dataset:
-    """The records of one epoch, in an order fixed by (seed, epoch), repeated without end.
-
-    Shuffling is stateless: the file order is permuted, the files are interleaved, and records
-    are shuffled within consecutive blocks of ``block_size``. Nothing depends on TensorFlow's
-    global seed or on iterator state, so any epoch can be rebuilt on its own.
-    """
+    """Passes over the records, each in its own order fixed by (seed, epoch, pass), endlessly."""
     epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-    order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seed=epoch_seed)
-    file_list = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(list(files)), order))
-    records = file_list.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    blocks = records.repeat().batch(block_size).enumerate()
-    return blocks.map(lambda block, batch: tf.random.experimental.stateless_shuffle(
-        batch, seed=tf.stack([epoch_seed[0], epoch * _SEED_STRIDE + block]))).unbatch()
+    return tf.data.Dataset.range(1 << 62).flat_map(lambda pass_index: _one_pass(
+        files, tf.random.experimental.stateless_fold_in(epoch_seed, pass_index), block_size))
 
 
 def _check_classes(classes: tf.Tensor, num_classes: int, filename: tf.Tensor) -> tf.Operation:

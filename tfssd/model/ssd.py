@@ -68,15 +68,20 @@ def _extra_layers(x, first_index: int, width_multiplier: float) -> list[tuple[st
 
 
 def _heads(features, anchors_per_location, num_classes: int):
-    """3x3 convolutional class and box predictors on each feature map (SSD paper, Sec. 2.1)."""
+    """3x3 convolutional class and box predictors on each feature map (SSD paper, Sec. 2.1).
+
+    Named ``mbox_conf_<feature>`` and ``mbox_loc_<feature>``, so that a freeze pattern aimed at
+    the backbone (``^conv4_.*``) never catches a head.
+    """
     cls_outputs, box_outputs = [], []
     for (name, feature), num_anchors in zip(features, anchors_per_location):
         cls = layers.Conv2D(num_anchors * (num_classes + 1), 3, padding="same",
-                            name=f"{name}_mbox_conf")(feature)
-        box = layers.Conv2D(num_anchors * 4, 3, padding="same", name=f"{name}_mbox_loc")(feature)
+                            name=f"mbox_conf_{name}")(feature)
+        box = layers.Conv2D(num_anchors * 4, 3, padding="same", name=f"mbox_loc_{name}")(feature)
         # [B, H, W, K * D] -> [B, H * W * K, D]: the anchors' order (row, column, box).
-        cls_outputs.append(layers.Reshape((-1, num_classes + 1), name=f"{name}_conf_flat")(cls))
-        box_outputs.append(layers.Reshape((-1, 4), name=f"{name}_loc_flat")(box))
+        cls_outputs.append(layers.Reshape((-1, num_classes + 1), name=f"mbox_conf_{name}_flat")(
+            cls))
+        box_outputs.append(layers.Reshape((-1, 4), name=f"mbox_loc_{name}_flat")(box))
     cls_logits = layers.Concatenate(axis=1, name="cls_logits")(cls_outputs)
     box_deltas = layers.Concatenate(axis=1, name="box_deltas")(box_outputs)
     return cls_logits, box_deltas

@@ -1,0 +1,30 @@
+"""Shared fixtures: small datasets the tests write themselves (nothing is downloaded)."""
+
+import glob
+import os
+
+import pytest
+
+from tfssd.data import convert, synthetic, voc
+
+
+@pytest.fixture(scope="session")
+def shapes_voc(tmp_path_factory):
+    """A synthetic VOC dataset: 24 training and 8 validation images of 3 shape classes."""
+    root = str(tmp_path_factory.mktemp("shapes") / "voc")
+    return synthetic.make_shapes_voc(root, num_train=24, num_val=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shapes_tfrecords(shapes_voc, tmp_path_factory):
+    """``shapes_voc`` converted: {"train": files, "validation": files, "dir": output dir}."""
+    out = str(tmp_path_factory.mktemp("shapes_tfrecords"))
+    for split, prefix in (("train", "train"), ("val", "validation")):
+        items = voc.read_voc(os.path.join(shapes_voc, "Annotations"),
+                             os.path.join(shapes_voc, "JPEGImages"),
+                             voc.read_ids(os.path.join(shapes_voc, "ImageSets", "Main",
+                                                       split + ".txt")))
+        convert.convert(items, os.path.join(out, prefix), num_shards=2)
+    return {"train": tuple(sorted(glob.glob(os.path.join(out, "train-*")))),
+            "validation": tuple(sorted(glob.glob(os.path.join(out, "validation-*")))),
+            "dir": out}

@@ -1,0 +1,60 @@
+"""SSD augmentation: boxes stay valid and keep following the pixels they frame."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfssd.data import augment
+
+
+def _scene():
+    """A grey 120x200 image with a pure red rectangle at rows 30..70, columns 50..150."""
+    image = np.full((120, 200, 3), 128, np.uint8)
+    image[30:70, 50:150] = (255, 0, 0)
+    boxes = np.array([[30 / 120, 50 / 200, 70 / 120, 150 / 200]], np.float32)
+    return tf.constant(image), tf.constant(boxes), tf.constant([1]), tf.constant([False])
+
+
+def test_boxes_stay_in_the_unit_square_and_follow_the_object():
+    image, boxes, classes, difficult = _scene()
+    kept = 0
+    for k in range(40):
+        out, out_boxes, out_classes, _ = augment.ssd_augment(image, boxes, classes, difficult,
+                                                             tf.constant([7, k]), 96)
+        out, out_boxes = out.numpy(), out_boxes.numpy()
+        assert out.shape == (96, 96, 3) and out.min() >= 0 and out.max() <= 255
+        assert np.all((out_boxes >= 0) & (out_boxes <= 1))
+        assert np.all(out_boxes[:, 2:] > out_boxes[:, :2])
+        for ymin, xmin, ymax, xmax in out_boxes * 96:
+            inner = out[int(ymin) + 3:int(ymax) - 3, int(xmin) + 3:int(xmax) - 3]
+            if inner.size:  # photometric changes alter colours, never where red dominates
+                red = inner[..., 0] - np.maximum(inner[..., 1], inner[..., 2])
+                assert np.median(red) > 40, k
+            kept += 1
+    assert kept > 20  # most crops keep the object; the sampler requires a centre inside
+
+
+def test_same_seed_same_result_and_different_seeds_differ():
+    image, boxes, classes, difficult = _scene()
+    first = augment.ssd_augment(image, boxes, classes, difficult, tf.constant([1, 2]), 64)
+    again = augment.ssd_augment(image, boxes, classes, difficult, tf.constant([1, 2]), 64)
+    other = augment.ssd_augment(image, boxes, classes, difficult, tf.constant([1, 3]), 64)
+    np.testing.assert_array_equal(first[0].numpy(), again[0].numpy())
+    assert not np.array_equal(first[0].numpy(), other[0].numpy())
+
+
+def test_image_without_objects():
+    image = tf.zeros([50, 60, 3], tf.uint8)
+    out, boxes, classes, difficult = augment.ssd_augment(
+        image, tf.zeros([0, 4]), tf.zeros([0], tf.int32), tf.zeros([0], tf.bool),
+        tf.constant([0, 0]), 32)
+    assert out.shape == (32, 32, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
+
+
+def test_crop_sampler_respects_the_minimum_iou():
+    boxes = tf.constant([[0.4, 0.4, 0.6, 0.6]])
+    for k in range(20):
+        crop = augment.sample_crop(boxes, tf.constant([100.0, 100.0]), tf.constant([3, k]))
+        crop = crop.numpy()
+        assert np.all(crop >= 0) and np.all(crop <= 1) and np.all(crop[2:] > crop[:2])
+        centre_inside = crop[0] < 0.5 < crop[2] and crop[1] < 0.5 < crop[3]
+        assert centre_inside

@@ -1,0 +1,67 @@
+"""The training and evaluation pipelines: shapes, targets, resume and sharding."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfssd.data import pipeline
+from tfssd.ops import anchors as anchors_lib
+
+ANCHORS = anchors_lib.ssd_anchors([(8, 8), (4, 4), (2, 2), (1, 1)])
+
+
+def _indices(stream):
+    return [int(i) for i, _ in stream]
+
+
+def test_train_batches_have_fixed_shapes_and_positives(shapes_tfrecords):
+    dataset = pipeline.build_train_dataset(
+        shapes_tfrecords["train"], ANCHORS, image_size=64, label_width=350, num_classes=3,
+        batch_size=4, samples_per_epoch=24, epochs=1, seed=5)
+    batches = list(dataset)
+    assert len(batches) == 6
+    images, targets = batches[0]
+    assert images.shape == (4, 64, 64, 3) and images.dtype == tf.float32
+    assert targets["cls_targets"].shape == (4, len(ANCHORS))
+    assert targets["box_targets"].shape == (4, len(ANCHORS), 4)
+    cls = np.concatenate([t["cls_targets"].numpy() for _, t in batches])
+    assert cls.max() <= 3 and (cls > 0).sum() > 24  # every image has shapes
+
+
+def test_epochs_cover_the_data_and_differ_in_order(shapes_tfrecords):
+    stream = pipeline.training_stream(shapes_tfrecords["train"], samples_per_epoch=24,
+                                      epochs=2, seed=1)
+    records = [r.numpy() for _, r in stream]
+    assert len(records) == 48
+    first, second = records[:24], records[24:]
+    assert sorted(first) == sorted(second) and len(set(first)) == 24
+    assert first != second
+
+
+def test_resume_reproduces_the_stream(shapes_tfrecords):
+    files = shapes_tfrecords["train"]
+    full = list(pipeline.training_stream(files, samples_per_epoch=20, epochs=3, seed=9))
+    for start in (0, 7, 20, 33):
+        resumed = list(pipeline.training_stream(files, samples_per_epoch=20, epochs=3, seed=9,
+                                                start_sample=start))
+        assert [int(i) for i, _ in resumed] == list(range(start, 60))
+        assert [r.numpy() for _, r in resumed] == [r.numpy() for _, r in full[start:]]
+
+
+def test_workers_split_each_global_batch(shapes_tfrecords):
+    files = shapes_tfrecords["train"]
+    whole = pipeline.training_stream(files, samples_per_epoch=24, epochs=1, seed=2)
+    shards = [_indices(whole.shard(2, k)) for k in range(2)]
+    assert shards[0] == list(range(0, 24, 2)) and shards[1] == list(range(1, 24, 2))
+
+
+def test_eval_dataset_pads_ground_truth(shapes_tfrecords):
+    batch = next(iter(pipeline.build_eval_dataset(shapes_tfrecords["validation"], image_size=64,
+                                                  label_width=32, batch_size=8)))
+    assert batch["images"].shape == (8, 64, 64, 3)
+    assert batch["gt_boxes"].shape == (8, 6, 4) and batch["gt_classes"].shape == (8, 6)
+    real = batch["gt_classes"].numpy() >= 0
+    assert real.any(axis=1).all() and not real.all()
+    encoded = next(iter(pipeline.build_eval_dataset(shapes_tfrecords["validation"],
+                                                    image_size=None, label_width=32,
+                                                    batch_size=8)))
+    assert encoded["image_bytes"].dtype == tf.string and "images" not in encoded

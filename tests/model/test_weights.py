@@ -1,0 +1,97 @@
+"""ImageNet initialisation from keras.applications-style h5 files the tests write themselves."""
+
+import h5py
+import numpy as np
+import pytest
+
+from tfssd.model import ssd as ssd_lib
+from tfssd.model import vgg16, weights
+
+
+def _write_keras_h5(path, layers: dict) -> None:
+    """A file in the layout of keras.applications' notop weights (legacy Keras h5)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [name.encode() for name in layers]
+        for name, arrays in layers.items():
+            group = f.create_group(name)
+            names = [f"{name}/{kind}:0" for kind in ("kernel", "bias")[:len(arrays)]]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for n, array in zip(names, arrays):
+                group.create_dataset(n, data=array)
+
+
+def _random_like(model, layer_names, rng):
+    return {k: [rng.normal(size=w.shape).astype(np.float32) for w in model.get_layer(v).weights]
+            for k, v in layer_names.items()}
+
+
+def test_vgg16_keras_names_map_onto_ssd_layers(tmp_path):
+    # Width 0.125 keeps the file small; the structure and the names are those of Keras' file.
+    model = ssd_lib.ssd_network("vgg-16", 3, 300, width_multiplier=0.125).model
+    rng = np.random.default_rng(0)
+    arrays = _random_like(model, vgg16.KERAS_LAYER_NAMES, rng)
+    arrays = {"input_1": [], **arrays}  # Keras' files list weightless layers too
+    path = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    _write_keras_h5(path, arrays)
+    fc6_before = model.get_layer("fc6").get_weights()[0].copy()
+    loaded = weights.load_imagenet_weights(model, "vgg-16", str(path))
+    assert sorted(loaded) == sorted(vgg16.KERAS_LAYER_NAMES.values())  # 13 conv layers
+    for keras_name, ssd_name in vgg16.KERAS_LAYER_NAMES.items():
+        for got, want in zip(model.get_layer(ssd_name).get_weights(), arrays[keras_name]):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.get_layer("fc6").get_weights()[0], fc6_before)
+
+
+def test_resnet50_loads_by_keras_names(tmp_path):
+    model = ssd_lib.ssd_network("resnet-50", 3, 300, width_multiplier=0.125).model
+    names = {l.name: l.name for l in model.layers if l.weights and l.name.startswith(
+        ("conv1_", "conv2_", "conv3_", "conv4_", "conv5_"))}
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for name in names:
+        arrays[name] = [rng.normal(size=w.shape).astype(np.float32)
+                        for w in model.get_layer(name).weights]
+    path = tmp_path / "resnet.h5"
+    with h5py.File(path, "w") as f:  # BatchNorm layers carry 4 arrays
+        f.attrs["layer_names"] = [n.encode() for n in arrays]
+        for name, values in arrays.items():
+            group = f.create_group(name)
+            labels = [f"{name}/w{i}:0" for i in range(len(values))]
+            group.attrs["weight_names"] = [n.encode() for n in labels]
+            for label, value in zip(labels, values):
+                group.create_dataset(label, data=value)
+    loaded = weights.load_imagenet_weights(model, "resnet-50", str(path))
+    assert len(loaded) == len(arrays) == 106
+    np.testing.assert_array_equal(model.get_layer("conv5_block3_3_bn").get_weights()[3],
+                                  arrays["conv5_block3_3_bn"][3])
+
+
+def test_wrong_shapes_are_refused(tmp_path):
+    model = ssd_lib.ssd_network("vgg-16", 3, 300, width_multiplier=0.125).model
+    wide = ssd_lib.ssd_network("vgg-16", 3, 300, width_multiplier=0.25).model
+    path = tmp_path / "w.h5"
+    _write_keras_h5(path, _random_like(wide, vgg16.KERAS_LAYER_NAMES, np.random.default_rng(2)))
+    with pytest.raises(weights.PretrainedWeightsError, match="block1_conv1 has shapes"):
+        weights.load_imagenet_weights(model, "vgg-16", str(path))
+
+
+def test_offline_without_the_file_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    unreachable = weights.WeightsFile("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                      "http://127.0.0.1:9/vgg16.h5", "0" * 32)
+    monkeypatch.setitem(weights.IMAGENET_WEIGHTS, "vgg-16", unreachable)
+    with pytest.raises(weights.PretrainedWeightsError) as raised:
+        weights.locate_weights("vgg-16")
+    message = str(raised.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "keras" / "models") in message
+    assert "--use_pretrained_model=0" in message and "--pretrained_weights" in message
+    assert not list((tmp_path / "keras" / "models").glob("*"))  # no partial download left
+
+
+def test_cached_file_is_hash_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / weights.IMAGENET_WEIGHTS["resnet-50"].filename).write_bytes(b"junk")
+    with pytest.raises(weights.PretrainedWeightsError, match="corrupt"):
+        weights.locate_weights("resnet-50")

@@ -1,0 +1,76 @@
+"""The commands a user runs, as subprocesses: convert, train, predict, evaluate."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tfssd.sagemaker_metrics import METRIC_REGEXES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*argv, timeout=600):
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_voc, tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    for split, prefix in (("train", "train"), ("val", "val")):
+        converted = run("tools/convert.py", f"--voc_dir={shapes_voc}", f"--split={split}",
+                        f"--output={work}/data/{prefix}")
+        assert re.search(r"images: \d+ read, \d+ written, 0 skipped", converted.stdout)
+    model_dir = work / "run"
+    result = run("-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",
+                 "--mini_batch_size=4", "--epochs=2", "--use_pretrained_model=0",
+                 "--width_multiplier=0.0625", f"--train={work}/data/train-*",
+                 f"--validation={work}/data/val-*", f"--model_dir={model_dir}",
+                 "--log_every_steps=1", "--seed=1")
+    return {"work": work, "model_dir": model_dir, "log": result.stdout + result.stderr}
+
+
+@pytest.mark.slow
+def test_train_writes_sagemaker_metrics_and_an_export(trained):
+    found = {name: re.findall(regex, trained["log"]) for name, regex in METRIC_REGEXES.items()}
+    for name, values in found.items():
+        assert values, f"no {name} line in the log"
+        assert all(float(v) == float(v) for v in values), (name, values)
+    assert float(found["train:progress"][-1]) == 100.0
+    assert len(found["validation:mAP"]) == 2  # one per epoch
+    assert os.path.isfile(trained["model_dir"] / "export" / "1" / "saved_model.pb")
+
+
+@pytest.mark.slow
+def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_path):
+    images = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[:2]
+    result = run("-m", "tfssd.predict", f"--saved_model={trained['model_dir']}/export",
+                 f"--output_dir={tmp_path}", "--draw_threshold=0", *images)
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 2
+    for response in lines:
+        assert set(response) == {"prediction"}
+        for class_id, score, xmin, ymin, xmax, ymax in response["prediction"]:
+            assert class_id in (0.0, 1.0, 2.0) and 0 <= score <= 1
+            assert 0 <= xmin <= xmax <= 1 and 0 <= ymin <= ymax <= 1
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        drawn = Image.open(tmp_path / f"{stem}.png")
+        assert drawn.size == Image.open(image).size
+        assert json.loads((tmp_path / f"{stem}.json").read_text()) == lines[images.index(image)]
+
+
+@pytest.mark.slow
+def test_evaluate_the_exported_model(trained):
+    result = run("-m", "tfssd.evaluate", f"--saved_model={trained['model_dir']}/export",
+                 f"--validation={trained['work']}/data/val-*")
+    assert re.search(METRIC_REGEXES["validation:mAP"], result.stdout)
+    assert "circle" in result.stdout and "8 images" in result.stdout

@@ -1,0 +1,74 @@
+"""The module map of DESIGN.md: imports only go down the layers."""
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfssd"
+
+LAYERS = {
+    "tfssd": 0, "tfssd.config": 0,
+    "tfssd.ops": 1,
+    "tfssd.data": 2, "tfssd.model": 2, "tfssd.losses": 2, "tfssd.postprocess": 2,
+    "tfssd.evaluation": 2, "tfssd.early_stopping": 2, "tfssd.visualization": 2,
+    "tfssd.sagemaker_metrics": 2,
+    "tfssd.distribute": 3, "tfssd.training": 3, "tfssd.export": 3,
+    "tfssd.hyperparameters": 4, "tfssd.train": 4, "tfssd.evaluate": 4, "tfssd.predict": 4,
+    "tfssd.layers": 4,
+}
+ONLY_HYPERPARAMETERS_IMPORT_FLAGS = {"tfssd.hyperparameters", "tfssd.train", "tfssd.evaluate",
+                                     "tfssd.predict", "tfssd.layers"}
+
+
+def group(module: str) -> str:
+    """The entry of LAYERS a module belongs to: itself, or its package (tfssd.data.pipeline)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return ".".join(parts[:n])
+    raise AssertionError(f"{module} is not in the module map; add it to DESIGN.md and here")
+
+
+def imports():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        module = ".".join(relative.parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                yield module, [n for n in names if n.startswith("tfssd")][:1] or [node.module]
+            elif isinstance(node, ast.Import):
+                yield module, [a.name for a in node.names]
+
+
+def test_imports_go_down_the_layers():
+    violations = []
+    for module, targets in imports():
+        for target in targets:
+            if not target.startswith("tfssd") or target == "tfssd":
+                continue
+            source, dest = group(module), group(target)
+            if source == dest:
+                continue
+            if LAYERS[dest] > LAYERS[source]:
+                violations.append(f"{module} (L{LAYERS[source]}) imports {target} "
+                                  f"(L{LAYERS[dest]})")
+            elif LAYERS[dest] == LAYERS[source] == 2:
+                violations.append(f"{module} imports {target}: L2 groups never import each other")
+    assert not violations, "\n".join(violations)
+
+
+def test_export_never_imports_training_or_data():
+    for module, targets in imports():
+        if group(module) == "tfssd.export":
+            assert not [t for t in targets if t.startswith(("tfssd.training", "tfssd.data"))]
+
+
+def test_only_the_entry_points_import_absl_flags():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            uses_flags = (isinstance(node, ast.ImportFrom) and node.module == "absl"
+                          and any(a.name == "flags" for a in node.names)) or (
+                isinstance(node, ast.Import) and any(a.name == "absl.flags" for a in node.names))
+            if uses_flags:
+                assert module in ONLY_HYPERPARAMETERS_IMPORT_FLAGS, module

@@ -1,0 +1,136 @@
+"""The training loop: schedule, optimizer semantics, overfitting, checkpoints and resume."""
+
+import dataclasses
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfssd import config as config_lib
+from tfssd import training
+from tfssd.data import schema, targets
+from tfssd.distribute import Cluster
+from tfssd.evaluation import DetectionEvaluator
+from tfssd.losses import multibox_loss
+from tfssd.model.ssd import ssd_network
+from tfssd.ops.image_ops import decode_image, resize
+from tfssd.postprocess import postprocess
+
+
+def test_step_schedule():
+    lr = lambda step: float(training.learning_rate_at(step, 0.1, 0.5, (10, 20)))
+    assert [lr(0), lr(9), lr(10), lr(19), lr(20), lr(1000)] == pytest.approx(
+        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert lr(5) == float(training.learning_rate_at(5, 0.1, 0.5, ()))
+
+
+def test_optimizers_follow_mxnet_semantics():
+    assert isinstance(training.build_optimizer("sgd", 0.1, 0.9), keras.optimizers.SGD)
+    assert training.build_optimizer("sgd", 0.1, 0.9).momentum == 0.9
+    adadelta = training.build_optimizer("adadelta", 0.001, 0.9)
+    assert float(adadelta.learning_rate) == 1.0  # MXNet's AdaDelta has no learning rate
+    assert training.uses_weight_decay("sgd") and training.uses_weight_decay("rmsprop")
+    assert not training.uses_weight_decay("adam") and not training.uses_weight_decay("adadelta")
+
+
+def test_coupled_weight_decay_on_kernels_only():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    kernel, bias = layer.trainable_variables
+    assert training.is_decayed(kernel) and not training.is_decayed(bias)
+    grads = [tf.ones_like(kernel), tf.ones_like(bias)]
+    decayed = training.add_weight_decay(grads, [kernel, bias], [True, False], 0.01)
+    np.testing.assert_allclose(decayed[0], 1 + 0.01 * kernel.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(decayed[1], np.ones(2))
+
+
+@pytest.mark.slow
+def test_overfits_a_few_images(shapes_tfrecords):
+    """Loss falls and detections find the boxes on 4 images seen again and again."""
+    keras.utils.set_random_seed(0)
+    size = 160
+    ssd = ssd_network("vgg-16", 3, size, width_multiplier=0.125)
+    anchors = tf.constant(ssd.anchors)
+    images, cls_targets, box_targets, truth = [], [], [], []
+    for record in tf.data.TFRecordDataset(shapes_tfrecords["train"]).take(4):
+        example = schema.parse_example(record)
+        boxes, classes, _ = schema.label_to_objects(example["label"])
+        images.append(resize(decode_image(example["image_bytes"]), size))
+        cls, box = targets.encode_targets(boxes, classes, anchors)
+        cls_targets.append(cls)
+        box_targets.append(box)
+        truth.append((boxes.numpy(), classes.numpy()))
+    images, cls_targets, box_targets = (tf.stack(t) for t in (images, cls_targets, box_targets))
+    optimizer = keras.optimizers.Adam(1e-3)
+    variables = ssd.model.trainable_variables
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = ssd.model(images, training=True)
+            sums = multibox_loss(cls_targets, box_targets, out["cls_logits"], out["box_deltas"])
+            loss = (sums.cls_loss_sum + sums.box_loss_sum) / sums.num_positives
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    losses = [float(step()) for _ in range(150)]
+    assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
+    out = ssd.model(images, training=False)
+    detections = postprocess(out["cls_logits"], out["box_deltas"], anchors, nms_threshold=0.45)
+    evaluator = DetectionEvaluator(3, 0.5, "allpoint")
+    for k, (boxes, classes) in enumerate(truth):
+        n = int(detections["num_detections"][k])
+        evaluator.add_image(detections["detection_boxes"][k, :n],
+                            detections["detection_scores"][k, :n],
+                            detections["detection_classes"][k, :n], boxes, classes)
+    assert evaluator.result().mean_ap > 0.9
+
+
+def tiny_config(shapes_tfrecords, model_dir, **train):
+    return config_lib.Config(
+        model=config_lib.ModelConfig(num_classes=3, image_size=128, width_multiplier=0.0625,
+                                     use_pretrained_model=False),
+        data=config_lib.DataConfig(train_files=shapes_tfrecords["train"],
+                                   validation_files=shapes_tfrecords["validation"],
+                                   image_size=128,
+                                   class_map_file=os.path.join(shapes_tfrecords["dir"],
+                                                               "class_map.json")),
+        train=config_lib.TrainConfig(**{
+            "num_training_samples": 16, "epochs": 2, "mini_batch_size": 4,
+            "model_dir": str(model_dir), "seed": 3, "log_every_steps": 2,
+            **train}))
+
+
+@pytest.mark.slow
+def test_trains_checkpoints_exports_and_resumes(shapes_tfrecords, tmp_path):
+    model_dir = tmp_path / "run"
+    config = tiny_config(shapes_tfrecords, model_dir)
+    result = training.train(config, tf.distribute.get_strategy(), Cluster())
+    assert result.global_step == 8 and result.epochs_completed == 2
+    assert result.best_map is not None and result.export_path == str(model_dir / "export" / "1")
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-8")
+    assert glob.glob(str(model_dir / "train" / "events.out.tfevents.*"))
+    assert glob.glob(str(model_dir / "validation" / "events.out.tfevents.*"))
+    recorded = json.loads((model_dir / training.RUN_FILE).read_text())
+    assert recorded["class_names"] == ["circle", "square", "triangle"]
+
+    # The same command with more epochs continues from step 8; nothing is repeated.
+    longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=3))
+    trainer = training.Trainer(longer, tf.distribute.get_strategy(), Cluster())
+    assert int(trainer.global_step.numpy()) == 8 and int(trainer.run_seed.numpy()) == 3
+    resumed = trainer.train()
+    assert resumed.global_step == 12 and resumed.export_path.endswith(os.path.join("export", "2"))
+
+
+@pytest.mark.slow
+def test_model_dir_of_another_network_is_refused(shapes_tfrecords, tmp_path):
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    training.train(config, tf.distribute.get_strategy(), Cluster())
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                  width_multiplier=0.125))
+    with pytest.raises(training.TrainingError, match="width_multiplier: 0.0625 there, 0.125 now"):
+        training.Trainer(other, tf.distribute.get_strategy(), Cluster())
