@@ -73,7 +73,7 @@ def test_matches_pycocotools_ap50():
             det_scores.append(float(rng.uniform()))
             det_classes.append(int(rng.integers(3)))
         images.append({"id": image_id, "width": size, "height": size})
-        for k, (box, cls) in enumerate(zip(gt_boxes, gt_classes)):
+        for box, cls in zip(gt_boxes, gt_classes):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": cls + 1, "iscrowd": 0,
                                 "bbox": [box[1], box[0], box[3] - box[1], box[2] - box[0]],

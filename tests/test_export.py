@@ -33,7 +33,8 @@ def test_round_trip_in_a_fresh_process(tmp_path):
     images = [_jpeg(0, 200, 150), _jpeg(1, 90, 120)]
     module = export.DetectionModule(ssd.model, ssd.anchors, 128, nms_threshold=0.45,
                                     score_threshold=0.0)
-    expected = {k: v.numpy().tolist() for k, v in module.detect_encoded(tf.constant(images)).items()}
+    expected = {k: v.numpy().tolist()
+                for k, v in module.detect_encoded(tf.constant(images)).items()}
     (tmp_path / "images.json").write_text(json.dumps([i.hex() for i in images]))
     script = (
         "import json, sys\n"

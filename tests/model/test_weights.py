@@ -44,8 +44,9 @@ def test_vgg16_keras_names_map_onto_ssd_layers(tmp_path):
 
 def test_resnet50_loads_by_keras_names(tmp_path):
     model = ssd_lib.ssd_network("resnet-50", 3, 300, width_multiplier=0.125).model
-    names = {l.name: l.name for l in model.layers if l.weights and l.name.startswith(
-        ("conv1_", "conv2_", "conv3_", "conv4_", "conv5_"))}
+    names = [layer.name for layer in model.layers
+             if layer.weights and layer.name.startswith(("conv1_", "conv2_", "conv3_", "conv4_",
+                                                         "conv5_"))]
     rng = np.random.default_rng(1)
     arrays = {}
     for name in names:
