@@ -6,6 +6,8 @@ The model sees the encoded images exactly as a deployment would (decoding and re
 the SavedModel). Prints per-class AP and the mAP, also as SageMaker's validation:mAP line.
 """
 
+import os
+
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -55,5 +57,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
     define_flags()
     app.run(main)

@@ -78,5 +78,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
     define_flags()
     app.run(main)

@@ -6,6 +6,7 @@ r"""Trains an SSD detector from SageMaker Object Detection hyperparameters.
 Hyperparameters are validated before TensorFlow is imported, so a bad value fails in a moment.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -41,5 +42,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
     hyperparameters.define_flags()
     app.run(main)
