@@ -66,6 +66,7 @@ class SourceImage:
     objects: list[SourceObject] = dataclasses.field(default_factory=list)
     annotated_size: tuple[int, int] | None = None  # (width, height) the annotation states
     error: str | None = None  # why the annotation could not be read
+    normalized_boxes: bool = False  # corners are fractions of the image size, not pixels
 
 
 @dataclasses.dataclass
@@ -159,11 +160,15 @@ def write_class_map(path: str, class_names: Sequence[str]) -> None:
 
 
 def resolve_class_names(items: Sequence[SourceImage], output_dir: str,
-                        class_names: Sequence[str] | None) -> list[str]:
-    """Class names from the caller, else the output's existing class map, else the data.
+                        class_names: Sequence[str] | None,
+                        provided_names: Sequence[str] | None = None) -> list[str]:
+    """The class names of a conversion, by class id.
 
-    Discovered names are sorted, so that separate conversions of train and validation agree;
-    a second conversion into the same directory reuses the class map of the first.
+    In order: the caller's ``class_names`` (which must equal an existing class_map.json in the
+    output folder); else the existing class map, extended by ``provided_names`` (the names a
+    format carries, such as COCO categories) where they agree on every shared id; else
+    ``provided_names``; else the names found in the annotations, sorted, so that separate
+    conversions of train and validation agree.
     """
     existing_path = os.path.join(output_dir, CLASS_MAP_NAME)
     existing = read_class_map(existing_path) if os.path.isfile(existing_path) else None
@@ -174,7 +179,15 @@ def resolve_class_names(items: Sequence[SourceImage], output_dir: str,
                 "use another output directory or remove it")
         return list(class_names)
     if existing is not None:
-        return existing
+        provided = list(provided_names or [])
+        clashes = [f"{i}: {a!r} there, {b!r} here" for i, (a, b) in
+                   enumerate(zip(existing, provided)) if a != b]
+        if clashes:
+            raise ConversionError(f"{existing_path} disagrees with these annotations on class "
+                                  f"ids ({'; '.join(clashes)}); use another output directory")
+        return existing + provided[len(existing):]
+    if provided_names:
+        return list(provided_names)
     names = {o.label for item in items for o in item.objects if isinstance(o.label, str)}
     ids = {o.label for item in items for o in item.objects if isinstance(o.label, int)}
     if names and ids:
@@ -239,6 +252,8 @@ def _process(item: SourceImage, class_index: dict, num_classes: int, label_width
             result.dropped["difficult (dropped on request)"] += 1
             continue
         corners = np.array([obj.xmin, obj.ymin, obj.xmax, obj.ymax], np.float64)
+        if item.normalized_boxes:
+            corners = corners * [width, height, width, height]
         if not np.all(np.isfinite(corners)):
             result.dropped["non-finite coordinates"] += 1
             continue
@@ -274,7 +289,8 @@ def _shard_names(output_prefix: str, num_shards: int) -> list[str]:
 
 
 def convert(items: Iterable[SourceImage], output_prefix: str, *,
-            class_names: Sequence[str] | None = None, num_shards: int | None = None,
+            class_names: Sequence[str] | None = None,
+            provided_names: Sequence[str] | None = None, num_shards: int | None = None,
             label_width: int = 350, strict: bool = False, drop_difficult: bool = False,
             drop_empty: bool = False, workers: int | None = None,
             progress: Callable[[int, int, float], None] | None = None
@@ -285,8 +301,9 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
       items: the source images with their annotations.
       output_prefix: shards are ``{prefix}-00000-of-0000N.tfrecord``; class_map.json goes in
         the prefix's directory.
-      class_names: names by class id; default: the directory's class_map.json if present,
-        else the sorted names found in the annotations.
+      class_names: names by class id, as the user gave them.
+      provided_names: names by class id that the source format carries.
+        See ``resolve_class_names`` for how these and an existing class_map.json combine.
       num_shards: default one per 1000 images.
       label_width: images whose label is longer are skipped (or stop the run with ``strict``).
       strict: stop at the first bad item or dropped box instead of skipping it.
@@ -302,7 +319,7 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
     items = list(items)
     output_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(output_dir, exist_ok=True)
-    class_names = resolve_class_names(items, output_dir, class_names)
+    class_names = resolve_class_names(items, output_dir, class_names, provided_names)
     class_index = {name: i for i, name in enumerate(class_names)}
     summary = ConversionSummary(class_names=list(class_names))
     num_shards = num_shards or max(1, math.ceil(len(items) / 1000))
