@@ -238,6 +238,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=flag_values)
     flags.DEFINE_integer("log_every_steps", 20, "Steps between progress and metric log lines.",
                          flag_values=flag_values)
+    flags.DEFINE_enum("input_format", "auto", list(config_lib.INPUT_FORMATS),
+                      "TFRecord schema: tfssd's, odapi (TF Object Detection API: image/object/"
+                      "bbox/*, class labels from 1), or auto (detected).", flag_values=flag_values)
+    flags.DEFINE_bool("skip_corrupt_records", False,
+                      "Skip records whose image fails to decode (or whose label is invalid) "
+                      "instead of stopping with the record named.", flag_values=flag_values)
     flags.DEFINE_enum("ap_method", "11point", list(config_lib.AP_METHODS),
                       "VOC AP interpolation: 11point (VOC2007, the published SSD figures) or "
                       "allpoint (VOC2010+).", flag_values=flag_values)
@@ -436,6 +442,8 @@ def build_config(values: Mapping[str, Any], options: Mapping[str, Any],
             validation_files=expand_files(options["validation"] or ()),
             image_size=values["image_shape"],
             label_width=values["label_width"],
+            input_format=options["input_format"],
+            skip_corrupt_records=options["skip_corrupt_records"],
             class_map_file=class_map),
         train=config_lib.TrainConfig(
             num_training_samples=values["num_training_samples"],

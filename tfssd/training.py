@@ -32,7 +32,7 @@ from absl import logging
 
 from tfssd import export, sagemaker_metrics
 from tfssd.config import Config
-from tfssd.data import convert, pipeline
+from tfssd.data import convert, pipeline, schema
 from tfssd.distribute import Cluster
 from tfssd.early_stopping import EarlyStopping
 from tfssd.evaluation import DetectionEvaluator, EvaluationResult
@@ -131,6 +131,12 @@ class Trainer:
                           tempfile.mkdtemp(prefix=f"tfssd-worker{cluster.task_id}-"))
         os.makedirs(self.model_dir, exist_ok=True)
         self.class_names = read_class_names(config.data.class_map_file, config.model.num_classes)
+        self._check_training_files()
+        try:
+            self.input_format = schema.resolve_format(
+                config.data.train_files + config.data.validation_files, config.data.input_format)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
 
         with strategy.scope():
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
@@ -184,6 +190,33 @@ class Trainer:
         return learning_rate_at(self.global_step, self.train_cfg.learning_rate,
                                 self.train_cfg.lr_scheduler_factor, self.train_cfg.lr_boundaries)
 
+    def _check_training_files(self) -> None:
+        """Walks every record header once: a truncated file stops the run here, naming it."""
+        try:
+            records = sum(schema.count_records(path) for path in self.config.data.train_files)
+        except (ValueError, OSError) as e:
+            raise TrainingError(f"Unusable training file: {e}") from None
+        declared = self.train_cfg.num_training_samples
+        if records != declared and self.cluster.is_chief:
+            logging.warning(
+                "num_training_samples=%d but the training files hold %d records; epochs (and "
+                "lr_scheduler_step) count num_training_samples images.", declared, records)
+
+    def _data_error(self, error: tf.errors.OpError, files: tuple[str, ...]) -> Exception:
+        """A clear TrainingError for bad data behind ``error``, or ``error`` itself."""
+        first_line = error.message.splitlines()[0]
+        if "label_width" in first_line or "class id outside" in first_line:
+            return TrainingError(f"Bad record in {', '.join(files)}: {first_line}")
+        bad = pipeline.find_undecodable_records(files, self.input_format)
+        if bad:
+            return TrainingError("Records whose image does not decode:\n  " + "\n  ".join(bad)
+                                 + "\nRemove them (tools/convert.py checks every image), or "
+                                 "pass --skip_corrupt_records to skip such records.")
+        if isinstance(error, tf.errors.DataLossError):
+            return TrainingError(f"A TFRecord file of {', '.join(files)} is corrupt: "
+                                 f"{first_line}")
+        return error
+
     def _check_run_file(self) -> None:
         """Refuses a model directory trained with another network geometry."""
         path = os.path.join(self.config.train.model_dir, RUN_FILE)
@@ -215,8 +248,9 @@ class Trainer:
                 label_width=data.label_width, num_classes=self.config.model.num_classes,
                 batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
                 samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size,
-                epochs=cfg.epochs, seed=int(self.run_seed.numpy()), start_sample=start_sample,
-                shuffle_buffer=data.shuffle_buffer, input_context=input_context)
+                seed=int(self.run_seed.numpy()), start_sample=start_sample,
+                shuffle_buffer=data.shuffle_buffer, input_format=self.input_format,
+                skip_corrupt_records=data.skip_corrupt_records, input_context=input_context)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -270,11 +304,15 @@ class Trainer:
         evaluator = DetectionEvaluator(self.config.model.num_classes,
                                        self.config.eval.overlap_threshold,
                                        self.config.eval.ap_method)
-        dataset = pipeline.build_eval_dataset(data.validation_files, image_size=data.image_size,
-                                              label_width=data.label_width,
-                                              batch_size=self.train_cfg.mini_batch_size)
-        for batch in dataset:
-            evaluator.add_batch(self._detect(batch["images"]), batch)
+        dataset = pipeline.build_eval_dataset(
+            data.validation_files, image_size=data.image_size, label_width=data.label_width,
+            batch_size=self.train_cfg.mini_batch_size, input_format=self.input_format,
+            skip_corrupt_records=data.skip_corrupt_records)
+        try:
+            for batch in dataset:
+                evaluator.add_batch(self._detect(batch["images"]), batch)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            raise self._data_error(e, data.validation_files) from None
         return evaluator.result()
 
     # -- the loop -------------------------------------------------------------------------
@@ -319,7 +357,10 @@ class Trainer:
         window_cls, window_box = 0.0, 0.0
         run_start, run_first_step = time.time(), step
         while step < total_steps:
-            cls_loss, box_loss = (float(x) for x in self.train_step(iterator))
+            try:
+                cls_loss, box_loss = (float(x) for x in self.train_step(iterator))
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+                raise self._data_error(e, self.config.data.train_files) from None
             step += 1
             epoch, batch = divmod(step - 1, steps_per_epoch)
             if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):

@@ -49,9 +49,12 @@ def _check_classes(classes: tf.Tensor, num_classes: int, filename: tf.Tensor) ->
          "record (source image)", filename, "class ids", classes], summarize=20)
 
 
-def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, epochs: int, seed: int,
+def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed: int,
                     start_sample: int = 0, shuffle_buffer: int = 1024) -> tf.data.Dataset:
-    """The serialized training examples from global index ``start_sample`` to the run's end.
+    """The serialized training examples from global index ``start_sample`` on, without end.
+
+    The training loop stops at its last step; an endless stream means that skipped records
+    (``skip_corrupt_records``) shift later examples instead of starving the last steps.
 
     Yields:
       (index int64 [], serialized string []).
@@ -62,14 +65,15 @@ def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, epochs: i
         records = _epoch_records(files, seed, epoch, shuffle_buffer).take(samples_per_epoch)
         return records.enumerate(start=epoch * samples_per_epoch)
 
-    stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_records)
+    stream = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch_records)
     return stream.skip(skip)
 
 
 def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_size: int,
                         label_width: int, num_classes: int, batch_size: int,
-                        samples_per_epoch: int, epochs: int, seed: int, start_sample: int = 0,
-                        shuffle_buffer: int = 1024,
+                        samples_per_epoch: int, seed: int, start_sample: int = 0,
+                        shuffle_buffer: int = 1024, input_format: str = "tfssd",
+                        skip_corrupt_records: bool = False,
                         input_context: tf.distribute.InputContext | None = None
                         ) -> tf.data.Dataset:
     """Augmented training batches with their SSD targets.
@@ -82,10 +86,11 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
       num_classes: a class id outside [0, num_classes) stops the run with the record named.
       batch_size: examples per batch of this pipeline (per replica).
       samples_per_epoch: examples in one epoch over all workers.
-      epochs: the stream ends after this epoch.
       seed: the run's seed (data order and augmentation).
       start_sample: global index to start from (resume).
-      shuffle_buffer: records in the shuffle buffer.
+      shuffle_buffer: records shuffled together (blocks of the stateless shuffle).
+      input_format: "tfssd" or "odapi" (TF Object Detection API records).
+      skip_corrupt_records: drop examples that fail to decode or check, instead of stopping.
       input_context: per-worker sharding, from ``distribute_datasets_from_function``.
 
     Yields:
@@ -93,13 +98,15 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
       targets: {"cls_targets": int32 [batch, A], "box_targets": float32 [batch, A, 4]}.
     """
     anchors = tf.constant(anchors, tf.float32)
-    stream = training_stream(files, samples_per_epoch=samples_per_epoch, epochs=epochs,
-                             seed=seed, start_sample=start_sample, shuffle_buffer=shuffle_buffer)
+    stream = training_stream(files, samples_per_epoch=samples_per_epoch, seed=seed,
+                             start_sample=start_sample, shuffle_buffer=shuffle_buffer)
     if input_context is not None and input_context.num_input_pipelines > 1:
         stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
+    parse = schema.PARSERS[input_format]
+
     def make_example(index, serialized):
-        example = schema.parse_example(serialized)
+        example = parse(serialized)
         with tf.control_dependencies([schema.check_label_width(
                 example["label"], label_width, example["filename"])]):
             image = decode_image(example["image_bytes"])
@@ -113,12 +120,15 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
         return image, {"cls_targets": cls_targets, "box_targets": box_targets}
 
     dataset = stream.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_corrupt_records:
+        dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_width: int,
-                       batch_size: int) -> tf.data.Dataset:
+                       batch_size: int, input_format: str = "tfssd",
+                       skip_corrupt_records: bool = False) -> tf.data.Dataset:
     """Validation images with their padded ground truth, in file order.
 
     Args:
@@ -127,6 +137,8 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
         model that decodes them itself (an exported SavedModel).
       label_width: labels longer than this stop the run with the record named.
       batch_size: examples per batch (the last batch may be smaller).
+      input_format: "tfssd" or "odapi".
+      skip_corrupt_records: drop examples that fail to decode or check, instead of stopping.
 
     Yields dicts of:
       images: float32 [batch, S, S, 3], RGB in [0, 255]; or image_bytes: string [batch].
@@ -137,8 +149,10 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
     """
     max_objects = (label_width - schema.HEADER_WIDTH) // schema.OBJECT_WIDTH
 
+    parse = schema.PARSERS[input_format]
+
     def make_example(serialized):
-        example = schema.parse_example(serialized)
+        example = parse(serialized)
         with tf.control_dependencies([schema.check_label_width(
                 example["label"], label_width, example["filename"])]):
             if image_size is None:
@@ -157,4 +171,28 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
 
     dataset = tf.data.TFRecordDataset(list(files))
     dataset = dataset.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_corrupt_records:
+        dataset = dataset.ignore_errors(log_warning=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def find_undecodable_records(files: tuple[str, ...], input_format: str = "tfssd",
+                             limit: int = 5) -> list[str]:
+    """Scans ``files`` for records whose image does not decode; returns up to ``limit``.
+
+    For the error message when training stops on such a record: tf.data's own error does not
+    say which record it was. Each entry reads "FILE record N (image NAME): reason".
+    """
+    parse = schema.PARSERS[input_format]
+    found = []
+    for path in files:
+        for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
+            example = parse(serialized)
+            try:
+                decode_image(example["image_bytes"])
+            except tf.errors.InvalidArgumentError as e:
+                name = example["filename"].numpy().decode(errors="replace")
+                found.append(f"{path} record {index} (image {name}): {e.message.splitlines()[0]}")
+                if len(found) >= limit:
+                    return found
+    return found

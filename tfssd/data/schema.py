@@ -12,6 +12,10 @@ Features of a tf.train.Example:
   image/height    int64, pixels
   image/width     int64, pixels
   image/label     float list, the flat label above
+
+The TF Object Detection API's schema (``image/object/bbox/{xmin,ymin,xmax,ymax}`` normalised,
+``image/object/class/label`` from 1, optional ``image/object/difficult``) is read directly too:
+``parse_odapi_example`` turns it into the same flat label, so such datasets train unconverted.
 """
 
 from __future__ import annotations
@@ -93,6 +97,69 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     return {"image_bytes": parsed[IMAGE_KEY], "filename": parsed[FILENAME_KEY],
             "label": tf.sparse.to_dense(parsed[LABEL_KEY], default_value=PAD_VALUE)}
+
+
+_ODAPI_FEATURES = {
+    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    "image/object/difficult": tf.io.VarLenFeature(tf.int64),
+}
+
+
+def parse_odapi_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses a TF Object Detection API example into tfssd's form (see ``parse_example``).
+
+    Class labels count from 1 there and from 0 here; the label gets object width 6 (difficult).
+    """
+    parsed = tf.io.parse_single_example(serialized, _ODAPI_FEATURES)
+    dense = {k: tf.sparse.to_dense(v) for k, v in parsed.items() if isinstance(v, tf.SparseTensor)}
+    classes = tf.cast(dense["image/object/class/label"] - 1, tf.float32)
+    count = tf.shape(classes)[0]
+    difficult = dense["image/object/difficult"]
+    difficult = tf.cond(tf.shape(difficult)[0] == count,
+                        lambda: tf.cast(difficult, tf.float32), lambda: tf.zeros([count]))
+    objects = tf.stack([classes] + [dense[f"image/object/bbox/{k}"] for k in
+                                    ("xmin", "ymin", "xmax", "ymax")] + [difficult], axis=1)
+    label = tf.concat([[float(HEADER_WIDTH), float(OBJECT_WIDTH_WITH_DIFFICULT)],
+                       tf.reshape(objects, [-1])], axis=0)
+    return {"image_bytes": parsed[IMAGE_KEY], "filename": parsed[FILENAME_KEY], "label": label}
+
+
+PARSERS = {"tfssd": parse_example, "odapi": parse_odapi_example}
+
+
+def detect_format(path: str) -> str:
+    """"tfssd" or "odapi", from the feature keys of the first record of ``path``.
+
+    Raises:
+      ValueError: the file is empty or its records follow neither schema.
+    """
+    for record in tf.data.TFRecordDataset(path).take(1):
+        keys = set(tf.train.Example.FromString(record.numpy()).features.feature)
+        if LABEL_KEY in keys:
+            return "tfssd"
+        if IMAGE_KEY in keys and ("image/object/class/label" in keys or
+                                  "image/object/bbox/xmin" in keys or "image/source_id" in keys):
+            return "odapi"
+        raise ValueError(f"{path}: records have neither tfssd's features ({LABEL_KEY}) nor the "
+                         f"TF Object Detection API's; found {sorted(keys)}")
+    raise ValueError(f"{path}: no records")
+
+
+def resolve_format(files: tuple[str, ...], input_format: str) -> str:
+    """``input_format``, or for "auto" the schema of the files (which must all share one)."""
+    if input_format != "auto":
+        return input_format
+    formats = {path: detect_format(path) for path in files}
+    if len(set(formats.values())) > 1:
+        raise ValueError("the files mix schemas: " + ", ".join(f"{p}: {f}" for p, f in
+                                                               formats.items()))
+    return next(iter(formats.values()))
 
 
 def check_label_width(label: tf.Tensor, label_width: int, filename: tf.Tensor) -> tf.Operation:
