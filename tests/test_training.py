@@ -134,3 +134,44 @@ def test_model_dir_of_another_network_is_refused(shapes_tfrecords, tmp_path):
                                                                   width_multiplier=0.125))
     with pytest.raises(training.TrainingError, match="width_multiplier: 0.0625 there, 0.125 now"):
         training.Trainer(other, tf.distribute.get_strategy(), Cluster())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["vgg-16", "resnet-50"])
+def test_frozen_layers_and_batch_norm_statistics_do_not_move(shapes_tfrecords, tmp_path, base):
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, base_network=base, freeze_layer_pattern="^(conv1_|conv2_).*"),
+        data=dataclasses.replace(config.data, validation_files=()))
+    trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())
+    model = trainer.model
+    frozen = [w for w in model.weights if w.path.startswith(("conv1_", "conv2_"))
+              or "moving_" in w.path]
+    trained = [w for w in model.trainable_weights if w.path.startswith("conv3_")]
+    assert frozen and trained
+    before = {w.path: w.numpy().copy() for w in frozen + trained}
+    trainer.train()
+    for w in frozen:
+        np.testing.assert_array_equal(w.numpy(), before[w.path], err_msg=w.path)
+    assert any(not np.array_equal(w.numpy(), before[w.path]) for w in trained)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,anchors", [("ssd300_vgg16_voc", 8732),
+                                            ("ssd512_vgg16_voc", 24564),
+                                            ("ssd512_resnet50_voc", 6132)])
+def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
+    from absl import flags
+
+    from tfssd import hyperparameters
+    from tfssd.model.ssd import build_ssd
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flag_values = flags.FlagValues()
+    hyperparameters.define_flags(flag_values)
+    flag_values(["train", f"--flagfile={root}/flags/{recipe}.flags",
+                 f"--train={shapes_tfrecords['train'][0]}", "--use_pretrained_model=0"])
+    values, options = hyperparameters.resolve(flag_values, environ={})
+    config = hyperparameters.build_config(values, options)
+    assert config.train.steps_per_epoch == 518 and config.train.lr_boundaries == (82880, 103600)
+    assert build_ssd(config.model).num_anchors == anchors

@@ -96,3 +96,35 @@ def test_cached_file_is_hash_checked(tmp_path, monkeypatch):
     (tmp_path / "models" / weights.IMAGENET_WEIGHTS["resnet-50"].filename).write_bytes(b"junk")
     with pytest.raises(weights.PretrainedWeightsError, match="corrupt"):
         weights.locate_weights("resnet-50")
+
+
+def _keras_applications_file(tmp_path, name):
+    """A file written by Keras' own legacy-h5 writer from keras.applications' model.
+
+    It has the structure of the ImageNet "notop" downloads (random values: nothing is
+    downloaded). The writer is a private Keras function, hence the skip if it moves.
+    """
+    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    import keras
+
+    builder = {"vgg-16": keras.applications.VGG16, "resnet-50": keras.applications.ResNet50}
+    reference = builder[name](weights=None, include_top=False, input_shape=(300, 300, 3))
+    path = tmp_path / weights.IMAGENET_WEIGHTS[name].filename
+    with h5py.File(path, "w") as f:
+        legacy.save_weights_to_hdf5_group(f, reference)
+    return str(path), reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["vgg-16", "resnet-50"])
+def test_file_written_by_keras_loads_into_every_layer(tmp_path, base):
+    path, reference = _keras_applications_file(tmp_path, base)
+    model = ssd_lib.ssd_network(base, 20, 300).model
+    loaded = weights.load_imagenet_weights(model, base, path)
+    names = vgg16.KERAS_LAYER_NAMES if base == "vgg-16" else {
+        layer.name: layer.name for layer in reference.layers if layer.weights}
+    assert sorted(loaded) == sorted(names.values())
+    for keras_name, ours in names.items():
+        for got, want in zip(model.get_layer(ours).get_weights(),
+                             reference.get_layer(keras_name).get_weights()):
+            np.testing.assert_array_equal(got, want)
