@@ -55,6 +55,14 @@ def test_resnet50_has_keras_applications_layers():
     assert len(batch_norms) == 53 and not any(layer.trainable for layer in batch_norms)
 
 
+def test_resnet50_from_scratch_trains_synchronized_batch_norm():
+    ours = ssd_lib.ssd_network("resnet-50", 20, 300, width_multiplier=0.0625,
+                               train_batch_norm=True).model
+    batch_norms = [layer for layer in ours.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.trainable and layer.synchronized for layer in batch_norms)
+
+
 def test_forward_pass_is_finite():
     ssd = ssd_lib.ssd_network("vgg-16", 4, 300, width_multiplier=0.0625)
     out = ssd.model(np.random.default_rng(0).uniform(0, 255, (2, 300, 300, 3)).astype("float32"))

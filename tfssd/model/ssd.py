@@ -88,7 +88,7 @@ def _heads(features, anchors_per_location, num_classes: int):
 
 
 def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
-                width_multiplier: float = 1.0) -> SSD:
+                width_multiplier: float = 1.0, train_batch_norm: bool = False) -> SSD:
     """Builds SSD with freshly initialised weights.
 
     Args:
@@ -96,6 +96,7 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
       num_classes: object classes, background not counted.
       image_size: side of the square input (>= 300 for SageMaker; smaller works for tests).
       width_multiplier: scales the channels of the backbone and extra layers.
+      train_batch_norm: ResNet-50 only: train BatchNorm (from scratch) instead of freezing it.
     """
     images = keras.Input((image_size, image_size, 3), name="images")
     x = CaffePreprocessing(name="preprocess")(images)
@@ -105,7 +106,7 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
                     ("fc7", backbone["fc7"])]
         features += _extra_layers(backbone["fc7"], 8, width_multiplier)
     elif base_network == "resnet-50":
-        backbone = resnet50_features(x, width_multiplier)
+        backbone = resnet50_features(x, width_multiplier, train_batch_norm)
         features = list(backbone.items())
         features += _extra_layers(backbone["conv5_block3_out"], 6, width_multiplier)
     else:
@@ -126,12 +127,15 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
 def build_ssd(config: ModelConfig, load_pretrained: bool = True) -> SSD:
     """The SSD a config describes: ImageNet backbone weights if asked for, layers frozen by regex.
 
+    ResNet-50's BatchNorm is frozen when the backbone starts from ImageNet and trains when it
+    starts from scratch (see tfssd/model/resnet50.py).
+
     Args:
       config: the model configuration.
       load_pretrained: False skips the ImageNet weights (when a checkpoint will overwrite them).
     """
     ssd = ssd_network(config.base_network, config.num_classes, config.image_size,
-                      config.width_multiplier)
+                      config.width_multiplier, train_batch_norm=not config.use_pretrained_model)
     if config.use_pretrained_model and load_pretrained:
         weights.load_imagenet_weights(ssd.model, config.base_network, config.pretrained_weights)
     if config.freeze_layer_pattern:
