@@ -238,6 +238,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=flag_values)
     flags.DEFINE_integer("log_every_steps", 20, "Steps between progress and metric log lines.",
                          flag_values=flag_values)
+    flags.DEFINE_integer("checkpoint_every_steps", 0,
+                         "Also checkpoint every this many steps (0: at the end of each epoch "
+                         "only). A restarted run loses at most the steps since the last one.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("init_from", None,
+                        "Start the network from an earlier tfssd run's model directory (its best "
+                        "weights): SageMaker's incremental training. Same base_network, "
+                        "num_classes, image_shape and width_multiplier required; ignored when "
+                        "--model_dir already holds a checkpoint (the run resumes instead).",
+                        flag_values=flag_values)
     flags.DEFINE_enum("input_format", "auto", list(config_lib.INPUT_FORMATS),
                       "TFRecord schema: tfssd's, odapi (TF Object Detection API: image/object/"
                       "bbox/*, class labels from 1), or auto (detected).", flag_values=flag_values)
@@ -341,6 +351,8 @@ def _sagemaker_environment(environ: Mapping[str, str]) -> dict[str, str]:
                            os.path.join(SAGEMAKER_DATA_DIR, channel))
         if os.path.isdir(path):
             found[channel] = path
+    if os.path.isdir(environ.get("SM_CHANNEL_MODEL", "")):  # incremental training's model
+        found["init_from"] = environ["SM_CHANNEL_MODEL"]
     if "SM_MODEL_DIR" in environ:
         found["export_dir"] = environ["SM_MODEL_DIR"]
         found["model_dir"] = (SAGEMAKER_CHECKPOINT_DIR if os.path.isdir(SAGEMAKER_CHECKPOINT_DIR)
@@ -416,6 +428,11 @@ def _check_options(values: Mapping[str, Any], options: Mapping[str, Any]) -> lis
         errors.append("early_stopping='True': expected --validation data to measure mAP on")
     if options["log_every_steps"] <= 0:
         errors.append(f"log_every_steps={options['log_every_steps']}: expected a positive integer")
+    if options["checkpoint_every_steps"] < 0:
+        errors.append(f"checkpoint_every_steps={options['checkpoint_every_steps']}: expected 0 "
+                      "or a positive integer")
+    if options["init_from"] and not os.path.isdir(options["init_from"]):
+        errors.append(f"init_from={options['init_from']!r}: no such directory")
     return errors
 
 
@@ -459,8 +476,10 @@ def build_config(values: Mapping[str, Any], options: Mapping[str, Any],
             kv_store=values["kv_store"],
             model_dir=options["model_dir"],
             export_dir=options["export_dir"],
+            init_from=options["init_from"],
             seed=options["seed"],
-            log_every_steps=options["log_every_steps"]),
+            log_every_steps=options["log_every_steps"],
+            checkpoint_every_steps=options["checkpoint_every_steps"]),
         eval=config_lib.EvalConfig(
             overlap_threshold=values["overlap_threshold"],
             ap_method=options["ap_method"]),

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfssd import export, sagemaker_metrics
+from tfssd import export, sagemaker_metrics, visualization
 from tfssd.config import Config
 from tfssd.data import convert, pipeline, schema
 from tfssd.distribute import Cluster
@@ -41,6 +41,8 @@ from tfssd.model.ssd import SSD, build_ssd
 from tfssd.postprocess import postprocess
 
 RUN_FILE = "tfssd_run.json"  # the network geometry a model directory was trained with
+SUMMARY_IMAGES = 4  # validation images drawn to TensorBoard after each evaluation
+SUMMARY_MIN_SCORE = 0.3  # detections drawn on them
 _GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
 
 
@@ -150,11 +152,12 @@ class Trainer:
             self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False,
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         resuming = tf.train.latest_checkpoint(self.model_dir) is not None
+        init_from = None if resuming else self._init_from_checkpoint()
         if config.train.seed is not None:
             keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
-            # A resumed run takes its weights from the checkpoint, not from ImageNet.
-            self.ssd: SSD = build_ssd(config.model, load_pretrained=not resuming)
+            # Weights come from this run's checkpoint, else --init_from, else ImageNet or scratch.
+            self.ssd: SSD = build_ssd(config.model, load_pretrained=not (resuming or init_from))
             self.model = self.ssd.model
             self.optimizer = build_optimizer(config.train.optimizer, self._learning_rate,
                                              config.train.momentum)
@@ -171,8 +174,16 @@ class Trainer:
             max_to_keep=1)
         if resuming:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("Resumed from %s at step %d.", self.manager.latest_checkpoint,
-                         int(self.global_step.numpy()))
+            step = int(self.global_step.numpy())
+            epoch, batch = divmod(step, self.train_cfg.steps_per_epoch)
+            self._log(f"Resumed from {self.manager.latest_checkpoint} at step {step} (epoch "
+                      f"{epoch + 1}, step {batch + 1} of it), with its optimizer state, learning "
+                      f"rate and data position (example {step * self.train_cfg.global_batch_size}"
+                      " of the run's stream).")
+        elif init_from:
+            tf.train.Checkpoint(model=self.model).restore(init_from).expect_partial()
+            self._log(f"Initialised the network from {init_from} (--init_from); the optimizer, "
+                      "schedule and data start anew.")
         if int(self.run_seed.numpy()) < 0:
             self.run_seed.assign(config.train.seed if config.train.seed is not None
                                  else random.SystemRandom().randrange(2 ** 31))
@@ -217,26 +228,56 @@ class Trainer:
                                  f"{first_line}")
         return error
 
+    def _geometry(self) -> dict:
+        model = self.config.model
+        return {"base_network": model.base_network, "num_classes": model.num_classes,
+                "image_size": model.image_size, "width_multiplier": model.width_multiplier}
+
+    def _geometry_differences(self, run_dir: str) -> str:
+        """'' when the run in ``run_dir`` has this network's geometry, else what differs."""
+        with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as f:
+            recorded = json.load(f)
+        geometry = self._geometry()
+        return ", ".join(f"{k}: {recorded.get(k)} there, {geometry[k]} now"
+                         for k in _GEOMETRY_KEYS if recorded.get(k) != geometry[k])
+
     def _check_run_file(self) -> None:
         """Refuses a model directory trained with another network geometry."""
         path = os.path.join(self.config.train.model_dir, RUN_FILE)
-        geometry = {"base_network": self.config.model.base_network,
-                    "num_classes": self.config.model.num_classes,
-                    "image_size": self.config.model.image_size,
-                    "width_multiplier": self.config.model.width_multiplier}
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                recorded = json.load(f)
-            different = {k: (recorded.get(k), geometry[k]) for k in _GEOMETRY_KEYS
-                         if recorded.get(k) != geometry[k]}
+            different = self._geometry_differences(self.config.train.model_dir)
             if different:
-                raise TrainingError(
-                    f"{self.config.train.model_dir} holds a run with another network "
-                    + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in different.items())
-                    + "; use a new --model_dir to start a new run")
+                raise TrainingError(f"{self.config.train.model_dir} holds a run with another "
+                                    f"network ({different}); use a new --model_dir to start a "
+                                    "new run")
         elif self.cluster.is_chief:
             with open(path, "w", encoding="utf-8") as f:
-                json.dump({**geometry, "class_names": self.class_names}, f, indent=2)
+                json.dump({**self._geometry(), "class_names": self.class_names}, f, indent=2)
+
+    def _init_from_checkpoint(self) -> str | None:
+        """The checkpoint --init_from names: the earlier run's best weights, else its latest.
+
+        Accepts a tfssd model directory, or a folder holding one as ``checkpoints/`` (the
+        layout of a SageMaker model artifact from tfssd).
+        """
+        source = self.config.train.init_from
+        if not source:
+            return None
+        run_dir = next((d for d in (source, os.path.join(source, "checkpoints"))
+                        if os.path.isfile(os.path.join(d, RUN_FILE))), None)
+        if run_dir is None:
+            raise TrainingError(f"--init_from={source}: not a tfssd model directory (no "
+                                f"{RUN_FILE} in it or in its checkpoints/)")
+        different = self._geometry_differences(run_dir)
+        if different:
+            raise TrainingError(f"--init_from={source} was trained with another network "
+                                f"({different}); incremental training needs the same "
+                                "base_network, num_classes, image_shape and width_multiplier")
+        checkpoint = (tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
+                      or tf.train.latest_checkpoint(run_dir))
+        if checkpoint is None:
+            raise TrainingError(f"--init_from={source}: no checkpoint in {run_dir}")
+        return checkpoint
 
     def train_dataset(self, start_sample: int = 0):
         """The distributed training stream from global example ``start_sample``."""
@@ -298,8 +339,13 @@ class Trainer:
                            score_threshold=model.score_threshold,
                            max_detections=model.max_detections)
 
-    def evaluate(self) -> EvaluationResult:
-        """Validation mAP of the current weights (every worker computes the same)."""
+    def evaluate(self) -> tuple[EvaluationResult, np.ndarray]:
+        """Validation mAP of the current weights (every worker computes the same).
+
+        Returns:
+          The result, and uint8 [N, S, 2S, 3]: the first validation images, ground truth on
+          the left and detections scoring at least SUMMARY_MIN_SCORE on the right.
+        """
         data = self.config.data
         evaluator = DetectionEvaluator(self.config.model.num_classes,
                                        self.config.eval.overlap_threshold,
@@ -308,12 +354,34 @@ class Trainer:
             data.validation_files, image_size=data.image_size, label_width=data.label_width,
             batch_size=self.train_cfg.mini_batch_size, input_format=self.input_format,
             skip_corrupt_records=data.skip_corrupt_records)
+        drawn = []
         try:
             for batch in dataset:
-                evaluator.add_batch(self._detect(batch["images"]), batch)
+                detections = self._detect(batch["images"])
+                evaluator.add_batch(detections, batch)
+                if len(drawn) < SUMMARY_IMAGES:
+                    drawn += self._draw(batch, detections, SUMMARY_IMAGES - len(drawn))
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             raise self._data_error(e, data.validation_files) from None
-        return evaluator.result()
+        return evaluator.result(), np.stack(drawn) if drawn else np.zeros((0, 1, 1, 3), np.uint8)
+
+    def _draw(self, batch, detections, count: int) -> list[np.ndarray]:
+        images = []
+        for k in range(min(count, int(batch["images"].shape[0]))):
+            image = batch["images"][k].numpy()
+            real = batch["gt_classes"][k].numpy() >= 0
+            truth = visualization.draw_boxes(image, batch["gt_boxes"][k].numpy()[real],
+                                             batch["gt_classes"][k].numpy()[real],
+                                             class_names=self.class_names)
+            n = int(detections["num_detections"][k])
+            scores = detections["detection_scores"][k].numpy()[:n]
+            keep = scores >= SUMMARY_MIN_SCORE
+            predicted = visualization.draw_boxes(
+                image, detections["detection_boxes"][k].numpy()[:n][keep],
+                detections["detection_classes"][k].numpy()[:n][keep].astype(int), scores[keep],
+                self.class_names)
+            images.append(np.concatenate([truth, predicted], axis=1))
+        return images
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -398,8 +466,8 @@ class Trainer:
             if epoch_end:
                 completed = epoch + 1
                 if self.config.data.validation_files:
-                    result = self.evaluate()
-                    self._report_validation(result, completed, step)
+                    result, drawn = self.evaluate()
+                    self._report_validation(result, drawn, completed, step)
                     if early.best is None or result.mean_ap > early.best:
                         self.best_manager.save(checkpoint_number=step)
                     should_stop = early.update(completed, result.mean_ap)
@@ -416,13 +484,19 @@ class Trainer:
                 self.manager.save(checkpoint_number=step)
                 if stopped_early:
                     break
+            elif cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                self.manager.save(checkpoint_number=step)
         return self._finish(step, stopped_early, early)
 
-    def _report_validation(self, result: EvaluationResult, epoch: int, step: int) -> None:
+    def _report_validation(self, result: EvaluationResult, drawn: np.ndarray, epoch: int,
+                           step: int) -> None:
         self._log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
         self._log(f"validation after epoch {epoch}: " + result.format(self.class_names))
         with self.val_writer.as_default(step=step):
             tf.summary.scalar("mAP", result.mean_ap)
+            if len(drawn):
+                tf.summary.image("ground_truth_left_detections_right", drawn,
+                                 max_outputs=SUMMARY_IMAGES)
             for name, ap in zip(self.class_names, result.ap):
                 if not np.isnan(ap):
                     tf.summary.scalar(f"AP/{name}", ap)

@@ -1,0 +1,157 @@
+"""Runs users can trust: kill and resume, early stopping, non-finite loss, --init_from, --seed,
+and what TensorBoard receives."""
+
+import dataclasses
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.test_training import tiny_config
+from tfssd import training
+from tfssd.distribute import Cluster
+from tfssd.evaluation import EvaluationResult
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) \(cross_entropy (\S+), "
+                       r"smooth_l1 (\S+)\) lr (\S+)")
+
+
+def _command(files, model_dir):
+    return [sys.executable, "-m", "tfssd.train", "--num_classes=3", "--num_training_samples=16",
+            "--mini_batch_size=2", "--epochs=2", "--use_pretrained_model=0",
+            "--width_multiplier=0.0625", f"--train={files}", f"--model_dir={model_dir}",
+            "--log_every_steps=1", "--checkpoint_every_steps=3", "--seed=4", "--optimizer=sgd"]
+
+
+def _losses(text):
+    """{global step: (loss, cross_entropy, smooth_l1, lr)} from a run's log."""
+    return {(int(e) - 1) * 8 + int(s): rest for e, s, *rest in STEP_LINE.findall(text)}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_the_same_command_continues_exactly(shapes_tfrecords, tmp_path):
+    files = f"{shapes_tfrecords['dir']}/train-*"
+    reference = subprocess.run(_command(files, tmp_path / "reference"), capture_output=True,
+                               text=True, timeout=600, cwd=ROOT)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = _losses(reference.stderr)
+    assert sorted(expected) == list(range(1, 17))
+
+    model_dir = tmp_path / "killed"
+    process = subprocess.Popen(_command(files, model_dir), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    seen = ""
+    for line in process.stdout:  # kill once step 5 is logged: checkpoints exist at step 3 only
+        seen += line
+        if "epoch 1/2 step 5/8" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, seen[-2000:]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+
+    resumed = subprocess.run(_command(files, model_dir), capture_output=True, text=True,
+                             timeout=600, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at step 3 (epoch 1, step 4 of it)" in resumed.stderr
+    got = _losses(resumed.stderr)
+    assert sorted(got) == list(range(4, 17))  # steps 4 and 5 were lost and redone
+    assert got == {step: expected[step] for step in got}  # the same data, weights and rate
+
+
+def _scripted_evaluations(monkeypatch, scores):
+    calls = iter(scores)
+
+    def evaluate(self):
+        score = next(calls)
+        return (EvaluationResult(score, np.array([score, np.nan, np.nan]), np.array([1, 0, 0]),
+                                 np.array([1, 0, 0])), np.zeros((0, 1, 1, 3), np.uint8))
+
+    monkeypatch.setattr(training.Trainer, "evaluate", evaluate)
+
+
+@pytest.mark.slow
+def test_early_stopping_acts_where_the_rules_say(shapes_tfrecords, tmp_path, monkeypatch):
+    _scripted_evaluations(monkeypatch, [0.1, 0.3, 0.3, 0.31, 0.2, 0.9])
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=6, num_training_samples=4)
+    config = dataclasses.replace(config, early_stopping=dataclasses.replace(
+        config.early_stopping, enabled=True, min_epochs=3, patience=2, tolerance=0.05))
+    result = training.train(config, tf.distribute.get_strategy(), Cluster())
+    # Epoch 3: no gain (0 epochs to 3 - patience not met); epoch 4: +3% < 5%: 2 without
+    # improvement and min_epochs reached -> stop after epoch 4.
+    assert result.stopped_early and result.epochs_completed == 4
+    assert result.best_map == pytest.approx(0.31) and result.best_epoch == 4
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes_tfrecords, tmp_path,
+                                                                   monkeypatch):
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    training.train(config, tf.distribute.get_strategy(), Cluster())
+    good = tf.train.latest_checkpoint(str(tmp_path / "run"))
+    real_loss = training.multibox_loss
+    def nan_loss(*args):
+        sums = real_loss(*args)
+        return dataclasses.replace(sums, cls_loss_sum=sums.cls_loss_sum * float("nan"))
+
+    monkeypatch.setattr(training, "multibox_loss", nan_loss)
+    longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    with pytest.raises(training.TrainingError, match=f"non-finite at step 5.*{good}, is kept"):
+        training.train(longer, tf.distribute.get_strategy(), Cluster())
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")) == good
+
+
+@pytest.mark.slow
+def test_init_from_an_earlier_run(shapes_tfrecords, tmp_path):
+    first = tiny_config(shapes_tfrecords, tmp_path / "first", epochs=1)
+    earlier = training.Trainer(first, tf.distribute.get_strategy(), Cluster())
+    earlier.train()  # ends holding its best weights, which --init_from must load
+    expected = [w.numpy() for w in earlier.model.weights]
+    second = dataclasses.replace(first, train=dataclasses.replace(
+        first.train, model_dir=str(tmp_path / "second"), init_from=str(tmp_path / "first"),
+        seed=99))
+    trainer = training.Trainer(second, tf.distribute.get_strategy(), Cluster())
+    for got, want in zip(trainer.model.weights, expected):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert int(trainer.global_step.numpy()) == 0
+    other = dataclasses.replace(second, model=dataclasses.replace(second.model, num_classes=5),
+                                data=dataclasses.replace(second.data, class_map_file=None),
+                                train=dataclasses.replace(second.train,
+                                                          model_dir=str(tmp_path / "third")))
+    with pytest.raises(training.TrainingError, match="num_classes: 3 there, 5 now"):
+        training.Trainer(other, tf.distribute.get_strategy(), Cluster())
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_to_identical_weights(shapes_tfrecords, tmp_path):
+    weights = []
+    for name in ("a", "b"):
+        config = tiny_config(shapes_tfrecords, tmp_path / name, epochs=1)
+        trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())
+        trainer.train()
+        weights.append([w.numpy() for w in trainer.model.weights])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_tensorboard_receives_scalars_images_and_hyperparameters(shapes_tfrecords, tmp_path):
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    training.train(config, tf.distribute.get_strategy(), Cluster())
+    tags = {}
+    for kind in ("train", "validation"):
+        for path in glob.glob(str(tmp_path / "run" / kind / "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    tags.setdefault(kind, set()).add(value.tag)
+    assert {"loss/total", "loss/cross_entropy", "loss/smooth_l1", "learning_rate",
+            "throughput_images_per_second", "hyperparameters"} <= tags["train"]
+    assert {"mAP", "ground_truth_left_detections_right"} <= tags["validation"]
+    assert any(tag.startswith("AP/") for tag in tags["validation"])
