@@ -13,7 +13,7 @@ LAYERS = {
     "tfssd.sagemaker_metrics": 2,
     "tfssd.distribute": 3, "tfssd.training": 3, "tfssd.export": 3,
     "tfssd.hyperparameters": 4, "tfssd.train": 4, "tfssd.evaluate": 4, "tfssd.predict": 4,
-    "tfssd.layers": 4,
+    "tfssd.layers": 4, "tfssd.server": 4,
 }
 ONLY_HYPERPARAMETERS_IMPORT_FLAGS = {"tfssd.hyperparameters", "tfssd.train", "tfssd.evaluate",
                                      "tfssd.predict", "tfssd.layers"}

@@ -24,7 +24,6 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from tfssd.ops.image_ops import decode_image, resize
 from tfssd.postprocess import postprocess
@@ -114,15 +113,10 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str
                                  score_threshold=score_threshold, max_detections=max_detections,
                                  labels_file=labels)
         saved = os.path.join(staging, "model")
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.WARNING)  # saving logs a line per function at INFO
-        try:
-            tf.saved_model.save(module, saved, signatures={
-                "serving_default": module.detect_encoded,
-                "serving_images": module.detect_images,
-            })
-        finally:
-            logging.set_verbosity(verbosity)
+        tf.saved_model.save(module, saved, signatures={
+            "serving_default": module.detect_encoded,
+            "serving_images": module.detect_images,
+        })
         final = os.path.join(export_base, str(version))
         os.replace(saved, final)
     finally:

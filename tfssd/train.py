@@ -6,6 +6,7 @@ r"""Trains an SSD detector from SageMaker Object Detection hyperparameters.
 Hyperparameters are validated before TensorFlow is imported, so a bad value fails in a moment.
 """
 
+import logging as python_logging
 import os
 import sys
 
@@ -16,30 +17,57 @@ from tfssd import hyperparameters
 FLAGS = flags.FLAGS
 
 
+class _OwnInfoOnly(python_logging.Filter):
+    """Lets through tfssd's INFO lines and everyone's warnings and errors.
+
+    TensorFlow modules log through absl too (a line per checkpoint shard, the whole server
+    configuration of a cluster), which would drown the progress lines.
+    """
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno > python_logging.INFO or f"{os.sep}tfssd{os.sep}" in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
         values, options = hyperparameters.resolve(FLAGS)
     except hyperparameters.HyperparameterError as e:
         raise app.UsageError(str(e)) from None
+    from tfssd import distribute
+
+    try:
+        cluster, children = distribute.resolve_cluster(values["kv_store"])
+    except distribute.DistributionError as e:
+        raise app.UsageError(f"Cluster: {e}") from None
+    servers = distribute.start_children(children)  # SageMaker dist_async: this host's servers
+    try:
+        if cluster.task_type == "host":  # a SageMaker dist_async host without the chief
+            distribute.wait_for_chief(children[0]["cluster"]["chief"][0])
+        elif cluster.is_server:
+            distribute.serve(cluster)
+        else:
+            _train(values, options, cluster)
+    finally:
+        for process in servers:
+            process.terminate()
+
+
+def _train(values, options, cluster) -> None:
     # TensorFlow is imported only once the hyperparameters are known to be good.
-    import tensorflow as tf
 
     from tfssd import distribute, training
     from tfssd.model.weights import PretrainedWeightsError
 
-    tf.get_logger().setLevel("WARNING")  # TF's INFO lines would drown the progress lines
-
     try:
-        strategy, cluster = distribute.build_strategy(values["kv_store"],
-                                                      values["mini_batch_size"])
+        strategy = distribute.build_strategy(cluster, values["mini_batch_size"])
         config = hyperparameters.build_config(values, options, num_workers=cluster.num_workers)
         training.train(config, strategy, cluster)
     except (training.TrainingError, PretrainedWeightsError, distribute.DistributionError) as e:
         logging.error("%s", e)
         sys.exit(1)
-
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines

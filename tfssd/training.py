@@ -10,6 +10,12 @@ position and data position. The export at the end is the checkpoint with the bes
 mAP (or the final one without validation data); the final checkpoint stays in the model
 directory.
 
+Under dist_sync (MultiWorkerMirroredStrategy) every worker runs this loop on its part of each
+global batch; the chief writes the model directory, the others a scratch directory, and after
+start-up every worker takes the chief's state. Under dist_async (ParameterServerStrategy) the
+chief schedules the steps on the workers with a ClusterCoordinator, fetching their losses only
+when it logs, and evaluates and checkpoints itself.
+
 Optimizers follow SageMaker's (MXNet's) semantics: momentum for sgd only; weight decay as
 coupled L2 (``grad += wd * w``, on convolution kernels) for sgd and rmsprop only; adadelta has
 no learning rate in MXNet, so learning_rate and the schedule do not apply to it.
@@ -22,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 
@@ -44,6 +51,11 @@ RUN_FILE = "tfssd_run.json"  # the network geometry a model directory was traine
 SUMMARY_IMAGES = 4  # validation images drawn to TensorBoard after each evaluation
 SUMMARY_MIN_SCORE = 0.3  # detections drawn on them
 _GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
+
+
+# What a collective operation raises when a dist_sync peer has gone.
+_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                   tf.errors.DeadlineExceededError)
 
 
 class TrainingError(RuntimeError):
@@ -112,6 +124,17 @@ def read_class_names(path: str | None, num_classes: int) -> list[str]:
     return names
 
 
+def _cause(error: tf.errors.OpError) -> str:
+    """The informative line of a TensorFlow error (its first line is often a generic header)."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    for line in lines:
+        if "aborted by" in line or "Connection refused" in line or "failed to connect" in line:
+            return line
+    return next((line for line in lines if not line.startswith(("Graph execution error",
+                                                                "Detected at node", "File "))),
+                lines[0] if lines else type(error).__name__)
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -131,6 +154,8 @@ class Trainer:
         self.train_cfg = config.train
         self.model_dir = (config.train.model_dir if cluster.is_chief else
                           tempfile.mkdtemp(prefix=f"tfssd-worker{cluster.task_id}-"))
+        self.coordinator = (tf.distribute.coordinator.ClusterCoordinator(strategy)
+                            if cluster.mode == "async" else None)
         os.makedirs(self.model_dir, exist_ok=True)
         self.class_names = read_class_names(config.data.class_map_file, config.model.num_classes)
         self._check_training_files()
@@ -151,7 +176,10 @@ class Trainer:
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False,
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        resuming = tf.train.latest_checkpoint(self.model_dir) is not None
+        # Every worker resumes from the chief's directory where it can see it (see
+        # _broadcast_from_chief for those that cannot).
+        resume_from = tf.train.latest_checkpoint(config.train.model_dir)
+        resuming = resume_from is not None
         init_from = None if resuming else self._init_from_checkpoint()
         if config.train.seed is not None:
             keras.utils.set_random_seed(config.train.seed)
@@ -173,13 +201,15 @@ class Trainer:
             tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, "best"),
             max_to_keep=1)
         if resuming:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.checkpoint.restore(resume_from).assert_existing_objects_matched()
             step = int(self.global_step.numpy())
             epoch, batch = divmod(step, self.train_cfg.steps_per_epoch)
-            self._log(f"Resumed from {self.manager.latest_checkpoint} at step {step} (epoch "
-                      f"{epoch + 1}, step {batch + 1} of it), with its optimizer state, learning "
-                      f"rate and data position (example {step * self.train_cfg.global_batch_size}"
-                      " of the run's stream).")
+            position = (f"data position (example {step * self.train_cfg.global_batch_size} of "
+                        "the run's stream)" if cluster.mode != "async" else
+                        "a new data order on each worker (dist_async keeps no data position)")
+            self._log(f"Resumed from {resume_from} at step {step} (epoch {epoch + 1}, step "
+                      f"{batch + 1} of it), with its optimizer state, learning rate and "
+                      f"{position}.")
         elif init_from:
             tf.train.Checkpoint(model=self.model).restore(init_from).expect_partial()
             self._log(f"Initialised the network from {init_from} (--init_from); the optimizer, "
@@ -187,6 +217,8 @@ class Trainer:
         if int(self.run_seed.numpy()) < 0:
             self.run_seed.assign(config.train.seed if config.train.seed is not None
                                  else random.SystemRandom().randrange(2 ** 31))
+        if cluster.mode == "sync":
+            self._broadcast_from_chief()
 
         writer = tf.summary.create_file_writer if cluster.is_chief else (
             lambda _: tf.summary.create_noop_writer())
@@ -295,6 +327,55 @@ class Trainer:
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
+    def _state_variables(self) -> list:
+        return [self.global_step, self.run_seed, self.best_map, self.best_epoch, self.bad_epochs]
+
+    def _broadcast_from_chief(self) -> None:
+        """dist_sync: every worker takes the chief's weights, optimizer state, step and seed.
+
+        A worker that cannot see the chief's checkpoints (local disks) would otherwise start
+        from other values, and the replicas would drift apart.
+        """
+        variables = [*self.model.weights, *self.optimizer.variables, *self._state_variables()]
+        keep = 1.0 if self.cluster.is_chief else 0.0
+
+        @tf.function
+        def chief_values():
+            def replica_fn():
+                values = [tf.cast(tf.convert_to_tensor(v), tf.float64) * keep for v in variables]
+                return tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, values)
+            return self.strategy.run(replica_fn)
+
+        values = tf.nest.map_structure(
+            lambda v: self.strategy.experimental_local_results(v)[0], chief_values())
+        for variable, value in zip(variables, values):
+            variable.assign(tf.cast(value, variable.dtype))
+
+    def _per_worker_dataset(self):
+        """dist_async: each worker's own stream, for the coordinator to draw batches from."""
+        cfg, data = self.train_cfg, self.config.data
+        seed = int(self.run_seed.numpy())
+
+        def dataset_fn(input_context):
+            # Runs on each worker: its clock gives it its own data order (asynchronous training
+            # keeps no global data position).
+            salt = tf.cast(tf.timestamp() * 1e6, tf.int64)
+            return pipeline.build_train_dataset(
+                data.train_files, self.ssd.anchors, image_size=data.image_size,
+                label_width=data.label_width, num_classes=self.config.model.num_classes,
+                batch_size=cfg.mini_batch_size,
+                samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size,
+                seed=tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64), salt),
+                shuffle_buffer=data.shuffle_buffer, input_format=self.input_format,
+                skip_corrupt_records=data.skip_corrupt_records, input_context=input_context)
+
+        @tf.function
+        def per_worker_dataset():
+            return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+        return self.coordinator.create_per_worker_dataset(per_worker_dataset)
+
     def _make_train_step(self):
         decay = self.train_cfg.weight_decay if uses_weight_decay(self.train_cfg.optimizer) else 0.0
         replicas = self.strategy.num_replicas_in_sync
@@ -325,7 +406,9 @@ class Trainer:
         def train_step(iterator):
             images, targets = next(iterator)
             cls_loss, box_loss = self.strategy.run(replica_step, args=(images, targets))
-            self.global_step.assign_add(1)
+            self.global_step.assign_add(1)  # atomic: async workers lose no increment
+            if self.coordinator:  # one replica per worker, on the worker itself
+                return cls_loss, box_loss
             reduce = lambda x: self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
             return reduce(cls_loss), reduce(box_loss)
 
@@ -400,8 +483,97 @@ class Trainer:
             tf.summary.text("hyperparameters", "| name | value |\n|---|---|\n" + "\n".join(rows),
                             step=0)
 
-    def train(self) -> TrainingResult:
+    def _run_steps(self, start_sample: int):
+        """(run one step -> handle, handles -> [(cross_entropy, smooth_l1)]) for this strategy.
+
+        Synchronous steps finish as they run; dist_async steps are scheduled on the workers
+        and resolved only when their values are needed, so the workers never wait on logging.
+        """
+        if self.coordinator:
+            iterator = iter(self._per_worker_dataset())
+            run = lambda: self.coordinator.schedule(self.train_step, args=(iterator,))
+            resolve = lambda handles: [tuple(float(x) for x in h.fetch()) for h in handles]
+        else:
+            iterator = iter(self.train_dataset(start_sample=start_sample))
+            run = lambda: self.train_step(iterator)
+            resolve = lambda handles: [tuple(float(x) for x in h) for h in handles]
+
+        def checked(function, *args):
+            try:
+                return function(*args)
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+                raise self._data_error(e, self.config.data.train_files) from None
+
+        run_checked = lambda: checked(run)
+        resolve_checked = lambda handles: checked(resolve, handles)
+
+        return run_checked, resolve_checked
+
+    def _cluster_error(self, error: tf.errors.OpError) -> TrainingError:
+        what = ("A worker of the dist_sync cluster stopped" if self.cluster.mode == "sync" else
+                "A parameter server of the dist_async cluster stopped, or the cluster failed")
+        return TrainingError(
+            f"{what} ({_cause(error)}). Start the cluster again with the same commands: "
+            "training resumes from the last checkpoint "
+            f"({tf.train.latest_checkpoint(self.train_cfg.model_dir)}).")
+
+    def _check_finite(self, losses, last_step: int) -> None:
+        for offset, (cls_loss, box_loss) in enumerate(losses):
+            if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
+                step = last_step - len(losses) + offset + 1
+                kept = (f"the last good checkpoint, {self.manager.latest_checkpoint}, is kept"
+                        if self.manager.latest_checkpoint else "no checkpoint was written yet")
+                raise TrainingError(
+                    f"The loss became non-finite at step {step} (cross_entropy {cls_loss}, "
+                    f"smooth_l1 {box_loss}); {kept}. Try a lower --learning_rate.")
+
+    def _log_progress(self, step: int, losses, seconds: float, run_rate: float) -> None:
         cfg, host = self.train_cfg, self.cluster.host
+        epoch, batch = divmod(step - 1, cfg.steps_per_epoch)
+        images_per_s = len(losses) * cfg.global_batch_size / max(seconds, 1e-9)
+        mean_cls = sum(c for c, _ in losses) / len(losses)
+        mean_box = sum(b for _, b in losses) / len(losses)
+        learning_rate = float(self._learning_rate())
+        eta = (cfg.total_steps - step) / max(run_rate, 1e-9)
+        self._log(f"epoch {epoch + 1}/{cfg.epochs} step {batch + 1}/{cfg.steps_per_epoch} "
+                  f"loss {mean_cls + mean_box:.4f} (cross_entropy {mean_cls:.4f}, "
+                  f"smooth_l1 {mean_box:.4f}) lr {learning_rate:.3g} "
+                  f"{images_per_s:.2f} images/s ETA {_format_duration(eta)}")
+        self._log(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy", mean_cls))
+        self._log(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
+        self._log(sagemaker_metrics.throughput(host, images_per_s))
+        self._log(sagemaker_metrics.progress(host, 100.0 * step / cfg.total_steps))
+        with self.train_writer.as_default(step=step):
+            tf.summary.scalar("loss/total", mean_cls + mean_box)
+            tf.summary.scalar("loss/cross_entropy", mean_cls)
+            tf.summary.scalar("loss/smooth_l1", mean_box)
+            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("throughput_images_per_second", images_per_s)
+
+    def _end_epoch(self, epoch: int, step: int, early: EarlyStopping) -> bool:
+        """Validation, early stopping and the epoch's checkpoint; True when training stops."""
+        stop = False
+        if self.config.data.validation_files:
+            result, drawn = self.evaluate()
+            self._report_validation(result, drawn, epoch, step)
+            if early.best is None or result.mean_ap > early.best:
+                self.best_manager.save(checkpoint_number=step)
+            should_stop = early.update(epoch, result.mean_ap)
+            self.best_map.assign(early.best)
+            self.best_epoch.assign(early.best_epoch)
+            self.bad_epochs.assign(early.epochs_without_improvement)
+            if (self.config.early_stopping.enabled and should_stop
+                    and step < self.train_cfg.total_steps):
+                stop = True
+                self._log(f"Early stopping after epoch {epoch}: no improvement of validation mAP "
+                          f"by more than {self.config.early_stopping.tolerance} for "
+                          f"{early.epochs_without_improvement} epochs (best {early.best:.4f} at "
+                          f"epoch {early.best_epoch}).")
+        self.manager.save(checkpoint_number=step)
+        return stop
+
+    def train(self) -> TrainingResult:
+        cfg = self.train_cfg
         steps_per_epoch, total_steps = cfg.steps_per_epoch, cfg.total_steps
         step = int(self.global_step.numpy())
         early = EarlyStopping(self.config.early_stopping.min_epochs,
@@ -411,82 +583,60 @@ class Trainer:
             early.best = float(self.best_map.numpy())
             early.best_epoch = int(self.best_epoch.numpy())
             early.epochs_without_improvement = int(self.bad_epochs.numpy())
-        self._log(f"Training {self.model.name}: {self.model.count_params():,} parameters, "
-                  f"{self.ssd.num_anchors} anchors, {steps_per_epoch} steps per epoch of "
-                  f"{cfg.global_batch_size} images, {cfg.epochs} epochs; model_dir "
+        workers = {"sync": f" on {self.cluster.num_workers} workers (dist_sync)",
+                   "async": " on the workers of a dist_async cluster"}.get(self.cluster.mode, "")
+        self._log(f"Training {self.model.name}{workers}: {self.model.count_params():,} "
+                  f"parameters, {self.ssd.num_anchors} anchors, {steps_per_epoch} steps per "
+                  f"epoch of {cfg.global_batch_size} images, {cfg.epochs} epochs; model_dir "
                   f"{cfg.model_dir}; seed {int(self.run_seed.numpy())}.")
         if step == 0:
             self._write_hyperparameters()
         if step >= total_steps:
             self._log("The run in this model directory is complete; nothing to train.")
-        iterator = iter(self.train_dataset(start_sample=step * cfg.global_batch_size))
+        try:
+            step, stopped_early = self._train_steps(step, early)
+        except _CLUSTER_ERRORS as e:  # a peer has gone (a step, a checkpoint, an evaluation)
+            if self.cluster.mode == "local":
+                raise
+            raise self._cluster_error(e) from None
+        return self._finish(step, stopped_early, early)
+
+    def _train_steps(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
+        """Trains from ``step`` to the end or an early stop; returns (step, stopped early)."""
+        cfg = self.train_cfg
+        steps_per_epoch, total_steps = cfg.steps_per_epoch, cfg.total_steps
+        run_step, resolve = self._run_steps(start_sample=step * cfg.global_batch_size)
         stopped_early = False
-        window_start, window_steps = time.time(), 0
-        window_cls, window_box = 0.0, 0.0
-        run_start, run_first_step = time.time(), step
+        pending, window = [], []
+        window_start = run_start = time.time()
+        first_step = step
         while step < total_steps:
-            try:
-                cls_loss, box_loss = (float(x) for x in self.train_step(iterator))
-            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-                raise self._data_error(e, self.config.data.train_files) from None
+            pending.append(run_step())
             step += 1
-            epoch, batch = divmod(step - 1, steps_per_epoch)
-            if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
-                kept = (f"the last good checkpoint, {self.manager.latest_checkpoint}, is kept"
-                        if self.manager.latest_checkpoint else "no checkpoint was written yet")
-                raise TrainingError(
-                    f"The loss became non-finite at step {step} (cross_entropy {cls_loss}, "
-                    f"smooth_l1 {box_loss}); {kept}. Try a lower --learning_rate.")
-            window_steps += 1
-            window_cls += cls_loss
-            window_box += box_loss
             epoch_end = step % steps_per_epoch == 0
-            if step % cfg.log_every_steps == 0 or epoch_end or step == total_steps:
-                elapsed = time.time() - window_start
-                images_per_s = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
-                mean_cls, mean_box = window_cls / window_steps, window_box / window_steps
-                learning_rate = float(self._learning_rate())
-                eta = (time.time() - run_start) / (step - run_first_step) * (total_steps - step)
-                self._log(f"epoch {epoch + 1}/{cfg.epochs} step {batch + 1}/{steps_per_epoch} "
-                          f"loss {mean_cls + mean_box:.4f} (cross_entropy {mean_cls:.4f}, "
-                          f"smooth_l1 {mean_box:.4f}) lr {learning_rate:.3g} "
-                          f"{images_per_s:.2f} images/s ETA {_format_duration(eta)}")
-                self._log(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy",
-                                                       mean_cls))
-                self._log(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
-                self._log(sagemaker_metrics.throughput(host, images_per_s))
-                self._log(sagemaker_metrics.progress(host, 100.0 * step / total_steps))
-                with self.train_writer.as_default(step=step):
-                    tf.summary.scalar("loss/total", mean_cls + mean_box)
-                    tf.summary.scalar("loss/cross_entropy", mean_cls)
-                    tf.summary.scalar("loss/smooth_l1", mean_box)
-                    tf.summary.scalar("learning_rate", learning_rate)
-                    tf.summary.scalar("throughput_images_per_second", images_per_s)
-                window_start, window_steps, window_cls, window_box = time.time(), 0, 0.0, 0.0
+            step_checkpoint = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+            log_now = step % cfg.log_every_steps == 0 or epoch_end or step == total_steps
+            if not (log_now or epoch_end or step_checkpoint or self.coordinator is None):
+                continue
+            losses = resolve(pending)  # checked before any checkpoint is written
+            pending = []
+            self._check_finite(losses, step)
+            window += losses
+            if log_now:
+                run_rate = (step - first_step) / max(time.time() - run_start, 1e-9)
+                self._log_progress(step, window, time.time() - window_start, run_rate)
+                window, window_start = [], time.time()
             if epoch_end:
-                completed = epoch + 1
-                if self.config.data.validation_files:
-                    result, drawn = self.evaluate()
-                    self._report_validation(result, drawn, completed, step)
-                    if early.best is None or result.mean_ap > early.best:
-                        self.best_manager.save(checkpoint_number=step)
-                    should_stop = early.update(completed, result.mean_ap)
-                    self.best_map.assign(early.best)
-                    self.best_epoch.assign(early.best_epoch)
-                    self.bad_epochs.assign(early.epochs_without_improvement)
-                    if self.config.early_stopping.enabled and should_stop and step < total_steps:
-                        stopped_early = True
-                        self._log(f"Early stopping after epoch {completed}: no improvement of "
-                                  f"validation mAP by more than "
-                                  f"{self.config.early_stopping.tolerance} for "
-                                  f"{early.epochs_without_improvement} epochs (best "
-                                  f"{early.best:.4f} at epoch {early.best_epoch}).")
-                self.manager.save(checkpoint_number=step)
+                if self.coordinator:
+                    self.coordinator.join()
+                stopped_early = self._end_epoch(step // steps_per_epoch, step, early)
                 if stopped_early:
                     break
-            elif cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+            elif step_checkpoint:
                 self.manager.save(checkpoint_number=step)
-        return self._finish(step, stopped_early, early)
+        if self.coordinator:
+            self.coordinator.join()
+        return step, stopped_early
 
     def _report_validation(self, result: EvaluationResult, drawn: np.ndarray, epoch: int,
                            step: int) -> None:
@@ -521,10 +671,25 @@ class Trainer:
                       f"{', stopped early' if stopped_early else ''}. Exported {chosen} to "
                       f"{export_path}. Checkpoints and TensorBoard logs: {cfg.model_dir} "
                       f"(tensorboard --logdir {cfg.model_dir}).")
+        if self.cluster.mode == "sync":
+            logging.info("Worker %d final weights digest %s.", self.cluster.task_id,
+                         weights_digest(self.model))
+        if not self.cluster.is_chief:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
         return TrainingResult(global_step=step, epochs_completed=step // cfg.steps_per_epoch,
                               best_map=early.best, best_epoch=early.best_epoch or None,
                               stopped_early=stopped_early, export_path=export_path,
                               model_dir=cfg.model_dir)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of all weights' bytes: equal on every dist_sync worker when they agree exactly."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster) -> TrainingResult:

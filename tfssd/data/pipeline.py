@@ -34,10 +34,10 @@ def _one_pass(files: tuple[str, ...], pass_seed: tf.Tensor, block_size: int) -> 
             batch, seed=tf.random.experimental.stateless_fold_in(pass_seed, block))).unbatch()
 
 
-def _epoch_records(files: tuple[str, ...], seed: int, epoch: tf.Tensor, block_size: int
+def _epoch_records(files: tuple[str, ...], seed, epoch: tf.Tensor, block_size: int
                    ) -> tf.data.Dataset:
     """Passes over the records, each in its own order fixed by (seed, epoch, pass), endlessly."""
-    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+    epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
     return tf.data.Dataset.range(1 << 62).flat_map(lambda pass_index: _one_pass(
         files, tf.random.experimental.stateless_fold_in(epoch_seed, pass_index), block_size))
 
@@ -49,7 +49,7 @@ def _check_classes(classes: tf.Tensor, num_classes: int, filename: tf.Tensor) ->
          "record (source image)", filename, "class ids", classes], summarize=20)
 
 
-def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed: int,
+def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed,
                     start_sample: int = 0, shuffle_buffer: int = 1024) -> tf.data.Dataset:
     """The serialized training examples from global index ``start_sample`` on, without end.
 
@@ -71,7 +71,7 @@ def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed: int
 
 def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_size: int,
                         label_width: int, num_classes: int, batch_size: int,
-                        samples_per_epoch: int, seed: int, start_sample: int = 0,
+                        samples_per_epoch: int, seed, start_sample: int = 0,
                         shuffle_buffer: int = 1024, input_format: str = "tfssd",
                         skip_corrupt_records: bool = False,
                         input_context: tf.distribute.InputContext | None = None
@@ -86,7 +86,7 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
       num_classes: a class id outside [0, num_classes) stops the run with the record named.
       batch_size: examples per batch of this pipeline (per replica).
       samples_per_epoch: examples in one epoch over all workers.
-      seed: the run's seed (data order and augmentation).
+      seed: the run's seed (data order and augmentation); an int or an int64 scalar tensor.
       start_sample: global index to start from (resume).
       shuffle_buffer: records shuffled together (blocks of the stateless shuffle).
       input_format: "tfssd" or "odapi" (TF Object Detection API records).
@@ -113,7 +113,7 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
         boxes, classes, difficult = schema.label_to_objects(example["label"])
         with tf.control_dependencies([_check_classes(classes, num_classes, example["filename"])]):
             classes = tf.identity(classes)
-        example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        example_seed = tf.stack([tf.cast(seed, tf.int64), index])
         image, boxes, classes, _ = augment.ssd_augment(image, boxes, classes, difficult,
                                                        example_seed, image_size)
         cls_targets, box_targets = targets.encode_targets(boxes, classes, anchors)
