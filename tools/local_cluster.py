@@ -8,8 +8,9 @@ Each process gets its TF_CONFIG (free ports on 127.0.0.1). dist_sync: every work
 ``python -m tfssd.train <flags> --kv_store=dist_sync``; worker 0 is the chief. dist_async: the
 chief runs the training command with --kv_store=dist_async, workers and parameter servers run
 ``python -m tfssd.server``. Output is streamed with a [worker 0]-style prefix and each process's
-pid is printed first. When the chief ends, the others are stopped; Ctrl-C stops them all. The
-exit code is the chief's (128 + N when signal N killed it).
+pid is printed first. When the chief ends, the others are stopped (if it succeeded, after a grace
+period to end by themselves); Ctrl-C stops them all. The exit code is the chief's (128 + N when
+signal N killed it).
 """
 
 import json
@@ -27,7 +28,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("kv_store", "dist_sync", ["dist_sync", "dist_async"], "Distribution mode.")
 flags.DEFINE_integer("workers", 2, "Worker processes.")
 flags.DEFINE_integer("ps", 1, "Parameter servers (dist_async only).")
-flags.DEFINE_integer("grace_seconds", 10, "How long stopped processes get before SIGKILL.")
+flags.DEFINE_integer("grace_seconds", 10, "After a successful chief, how long the others get to "
+                     "end by themselves before SIGTERM; then how long before SIGKILL.")
 
 _print_lock = threading.Lock()
 
@@ -55,15 +57,27 @@ def _stream(prefix: str, process: subprocess.Popen) -> None:
         _say(prefix, line)
 
 
-def _stop(processes: dict) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.time() + FLAGS.grace_seconds
+def _wait_all(processes: dict, seconds: float) -> None:
+    deadline = time.time() + seconds
     for process in processes.values():
         try:
             process.wait(timeout=max(deadline - time.time(), 0.1))
         except subprocess.TimeoutExpired:
+            pass
+
+
+def _stop(processes: dict, finish_first: bool = False) -> None:
+    """SIGTERM, then SIGKILL after the grace period; with finish_first, the processes first get
+    that period to end by themselves (dist_sync workers finishing, servers seeing the chief
+    gone)."""
+    if finish_first:
+        _wait_all(processes, FLAGS.grace_seconds)
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    _wait_all(processes, FLAGS.grace_seconds)
+    for process in processes.values():
+        if process.poll() is None:
             process.kill()
 
 
@@ -101,7 +115,7 @@ def main(argv):
         sys.exit(130)
     ended = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
     _say("launcher", f"the chief {ended}; stopping the other processes")
-    _stop(processes)
+    _stop(processes, finish_first=code == 0)
     time.sleep(0.2)  # let the streams drain
     sys.exit(128 - code if code < 0 else code)
 
