@@ -57,7 +57,6 @@ def main(argv):
 
 def _train(values, options, cluster) -> None:
     # TensorFlow is imported only once the hyperparameters are known to be good.
-
     from tfssd import distribute, training
     from tfssd.model.weights import PretrainedWeightsError
 
@@ -68,6 +67,7 @@ def _train(values, options, cluster) -> None:
     except (training.TrainingError, PretrainedWeightsError, distribute.DistributionError) as e:
         logging.error("%s", e)
         sys.exit(1)
+
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines

@@ -24,6 +24,7 @@ no learning rate in MXNet, so learning_rate and the schedule do not apply to it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -311,21 +312,24 @@ class Trainer:
             raise TrainingError(f"--init_from={source}: no checkpoint in {run_dir}")
         return checkpoint
 
+    def _build_train_dataset(self, input_context: tf.distribute.InputContext, seed,
+                             start_sample: int = 0) -> tf.data.Dataset:
+        """This input pipeline's batches (per replica) of the run's training stream."""
+        cfg, data = self.train_cfg, self.config.data
+        return pipeline.build_train_dataset(
+            data.train_files, self.ssd.anchors, image_size=data.image_size,
+            label_width=data.label_width, num_classes=self.config.model.num_classes,
+            batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
+            samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size, seed=seed,
+            start_sample=start_sample, shuffle_buffer=data.shuffle_buffer,
+            input_format=self.input_format, skip_corrupt_records=data.skip_corrupt_records,
+            input_context=input_context)
+
     def train_dataset(self, start_sample: int = 0):
         """The distributed training stream from global example ``start_sample``."""
-        cfg, data = self.train_cfg, self.config.data
-
-        def dataset_fn(input_context: tf.distribute.InputContext):
-            return pipeline.build_train_dataset(
-                data.train_files, self.ssd.anchors, image_size=data.image_size,
-                label_width=data.label_width, num_classes=self.config.model.num_classes,
-                batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
-                samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size,
-                seed=int(self.run_seed.numpy()), start_sample=start_sample,
-                shuffle_buffer=data.shuffle_buffer, input_format=self.input_format,
-                skip_corrupt_records=data.skip_corrupt_records, input_context=input_context)
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        seed = int(self.run_seed.numpy())
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: self._build_train_dataset(context, seed, start_sample))
 
     def _state_variables(self) -> list:
         return [self.global_step, self.run_seed, self.best_map, self.best_epoch, self.bad_epochs]
@@ -354,21 +358,15 @@ class Trainer:
 
     def _per_worker_dataset(self):
         """dist_async: each worker's own stream, for the coordinator to draw batches from."""
-        cfg, data = self.train_cfg, self.config.data
         seed = int(self.run_seed.numpy())
 
         def dataset_fn(input_context):
-            # Runs on each worker: its clock gives it its own data order (asynchronous training
-            # keeps no global data position).
+            # Runs on each worker (one pipeline and replica, so batches of mini_batch_size):
+            # its clock gives it its own data order, asynchronous training keeping no global
+            # data position.
             salt = tf.cast(tf.timestamp() * 1e6, tf.int64)
-            return pipeline.build_train_dataset(
-                data.train_files, self.ssd.anchors, image_size=data.image_size,
-                label_width=data.label_width, num_classes=self.config.model.num_classes,
-                batch_size=cfg.mini_batch_size,
-                samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size,
-                seed=tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64), salt),
-                shuffle_buffer=data.shuffle_buffer, input_format=self.input_format,
-                skip_corrupt_records=data.skip_corrupt_records, input_context=input_context)
+            return self._build_train_dataset(
+                input_context, tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64), salt))
 
         @tf.function
         def per_worker_dataset():
@@ -383,15 +381,14 @@ class Trainer:
         decayed = [is_decayed(v) for v in variables]
 
         def replica_step(images, targets):
-            # The loss of the global batch is divided by its number of positives (at least 1).
             context = tf.distribute.get_replica_context()
-            local_positives = tf.reduce_sum(tf.cast(targets["cls_targets"] > 0, tf.float32))
-            normaliser = tf.maximum(
-                context.all_reduce(tf.distribute.ReduceOp.SUM, local_positives), 1.0)
             with tf.GradientTape() as tape:
                 outputs = self.model(images, training=True)
                 sums = multibox_loss(targets["cls_targets"], targets["box_targets"],
                                      outputs["cls_logits"], outputs["box_deltas"])
+                # The loss of the global batch is divided by its positives (at least 1).
+                normaliser = tf.maximum(context.all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.num_positives)), 1.0)
                 cls_loss = sums.cls_loss_sum / normaliser
                 box_loss = sums.box_loss_sum / normaliser
                 loss = cls_loss + box_loss  # inside the tape, or it has no gradient
@@ -684,8 +681,6 @@ class Trainer:
 
 def weights_digest(model: keras.Model) -> str:
     """SHA-256 of all weights' bytes: equal on every dist_sync worker when they agree exactly."""
-    import hashlib
-
     digest = hashlib.sha256()
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
