@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tfssd.data import convert, synthetic, voc
+from tfssd.data import conversion, synthetic, voc
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def shapes_tfrecords(shapes_voc, tmp_path_factory):
                              os.path.join(shapes_voc, "JPEGImages"),
                              voc.read_ids(os.path.join(shapes_voc, "ImageSets", "Main",
                                                        split + ".txt")))
-        convert.convert(items, os.path.join(out, prefix), num_shards=2)
+        conversion.convert(items, os.path.join(out, prefix), num_shards=2)
     return {"train": tuple(sorted(glob.glob(os.path.join(out, "train-*")))),
             "validation": tuple(sorted(glob.glob(os.path.join(out, "validation-*")))),
             "dir": out}

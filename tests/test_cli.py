@@ -26,7 +26,7 @@ def run(*argv, timeout=600):
 def trained(shapes_voc, tmp_path_factory):
     work = tmp_path_factory.mktemp("cli")
     for split, prefix in (("train", "train"), ("val", "val")):
-        converted = run("tools/convert.py", "--format=voc", f"--voc_dir={shapes_voc}",
+        converted = run("-m", "tfssd.convert", "--format=voc", f"--voc_dir={shapes_voc}",
                         f"--split={split}",
                         f"--output={work}/data/{prefix}")
         assert re.search(r"images: \d+ read, \d+ written, 0 skipped", converted.stdout)

@@ -17,6 +17,7 @@ from tests.test_training import tiny_config
 from tfssd import training
 from tfssd.distribute import Cluster
 from tfssd.evaluation import EvaluationResult
+from tfssd.training import runners
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) \(cross_entropy (\S+), "
@@ -96,12 +97,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes_tfrecor
     config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
     training.train(config, tf.distribute.get_strategy(), Cluster())
     good = tf.train.latest_checkpoint(str(tmp_path / "run"))
-    real_loss = training.multibox_loss
+    real_loss = runners.multibox_loss
     def nan_loss(*args):
         sums = real_loss(*args)
         return dataclasses.replace(sums, cls_loss_sum=sums.cls_loss_sum * float("nan"))
 
-    monkeypatch.setattr(training, "multibox_loss", nan_loss)
+    monkeypatch.setattr(runners, "multibox_loss", nan_loss)
     longer = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
     with pytest.raises(training.TrainingError, match=f"non-finite at step 5.*{good}, is kept"):
         training.train(longer, tf.distribute.get_strategy(), Cluster())

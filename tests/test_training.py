@@ -19,31 +19,33 @@ from tfssd.losses import multibox_loss
 from tfssd.model.ssd import ssd_network
 from tfssd.ops.image_ops import decode_image, resize
 from tfssd.postprocess import postprocess
+from tfssd.training import optimization
 
 
 def test_step_schedule():
-    lr = lambda step: float(training.learning_rate_at(step, 0.1, 0.5, (10, 20)))
+    lr = lambda step: float(optimization.learning_rate_at(step, 0.1, 0.5, (10, 20)))
     assert [lr(0), lr(9), lr(10), lr(19), lr(20), lr(1000)] == pytest.approx(
         [0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
-    assert lr(5) == float(training.learning_rate_at(5, 0.1, 0.5, ()))
+    assert lr(5) == float(optimization.learning_rate_at(5, 0.1, 0.5, ()))
 
 
 def test_optimizers_follow_mxnet_semantics():
-    assert isinstance(training.build_optimizer("sgd", 0.1, 0.9), keras.optimizers.SGD)
-    assert training.build_optimizer("sgd", 0.1, 0.9).momentum == 0.9
-    adadelta = training.build_optimizer("adadelta", 0.001, 0.9)
+    assert isinstance(optimization.build_optimizer("sgd", 0.1, 0.9), keras.optimizers.SGD)
+    assert optimization.build_optimizer("sgd", 0.1, 0.9).momentum == 0.9
+    adadelta = optimization.build_optimizer("adadelta", 0.001, 0.9)
     assert float(adadelta.learning_rate) == 1.0  # MXNet's AdaDelta has no learning rate
-    assert training.uses_weight_decay("sgd") and training.uses_weight_decay("rmsprop")
-    assert not training.uses_weight_decay("adam") and not training.uses_weight_decay("adadelta")
+    assert optimization.uses_weight_decay("sgd") and optimization.uses_weight_decay("rmsprop")
+    assert not optimization.uses_weight_decay("adam")
+    assert not optimization.uses_weight_decay("adadelta")
 
 
 def test_coupled_weight_decay_on_kernels_only():
     layer = keras.layers.Dense(2)
     layer.build((None, 3))
     kernel, bias = layer.trainable_variables
-    assert training.is_decayed(kernel) and not training.is_decayed(bias)
+    assert optimization.is_decayed(kernel) and not optimization.is_decayed(bias)
     grads = [tf.ones_like(kernel), tf.ones_like(bias)]
-    decayed = training.add_weight_decay(grads, [kernel, bias], [True, False], 0.01)
+    decayed = optimization.add_weight_decay(grads, [kernel, bias], [True, False], 0.01)
     np.testing.assert_allclose(decayed[0], 1 + 0.01 * kernel.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(decayed[1], np.ones(2))
 
@@ -96,7 +98,6 @@ def tiny_config(shapes_tfrecords, model_dir, **train):
                                      use_pretrained_model=False),
         data=config_lib.DataConfig(train_files=shapes_tfrecords["train"],
                                    validation_files=shapes_tfrecords["validation"],
-                                   image_size=128,
                                    class_map_file=os.path.join(shapes_tfrecords["dir"],
                                                                "class_map.json")),
         train=config_lib.TrainConfig(**{

@@ -16,6 +16,8 @@ KV_STORES = ("dist_sync", "dist_async")
 AP_METHODS = ("11point", "allpoint")
 INPUT_FORMATS = ("tfssd", "odapi", "auto")
 
+CLASS_MAP_NAME = "class_map.json"  # written beside the TFRecords by tfssd-convert
+
 # A label is [header_width, object_width, objects...]; see tfssd/data/schema.py.
 LABEL_HEADER_WIDTH = 2
 OBJECT_WIDTH = 5
@@ -43,7 +45,6 @@ class DataConfig:
 
     train_files: tuple[str, ...]
     validation_files: tuple[str, ...] = ()
-    image_size: int = 300
     label_width: int = 350
     shuffle_buffer: int = 1024
     input_format: str = "auto"

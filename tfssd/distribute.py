@@ -33,8 +33,9 @@ from collections.abc import Mapping
 
 from absl import logging
 
+from tfssd import sagemaker_container
+
 DEFAULT_PORT = 2222
-SAGEMAKER_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
 _CHIEF_POLL_SECONDS = 5
 
 
@@ -70,18 +71,6 @@ class Cluster:
         return self.mode == "async" and self.task_type in ("worker", "ps")
 
 
-def sagemaker_hosts(environ: Mapping[str, str]) -> tuple[list[str], str] | None:
-    """(sorted hosts, this host) in a SageMaker container, else None."""
-    if "SM_HOSTS" in environ and "SM_CURRENT_HOST" in environ:
-        return sorted(json.loads(environ["SM_HOSTS"])), environ["SM_CURRENT_HOST"]
-    path = environ.get("SM_RESOURCE_CONFIG", SAGEMAKER_RESOURCE_CONFIG)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        return sorted(config["hosts"]), config["current_host"]
-    return None
-
-
 def sagemaker_tf_configs(hosts: list[str], current: str, kv_store: str,
                          port: int = DEFAULT_PORT) -> list[dict]:
     """The TF_CONFIGs of the processes ``current`` runs: this process's role (or None for a host
@@ -104,7 +93,7 @@ def resolve_cluster(kv_store: str | None, environ: Mapping[str, str] = os.enviro
     children: list[dict] = []
     tf_config = json.loads(environ["TF_CONFIG"]) if environ.get("TF_CONFIG") else None
     if tf_config is None:
-        found = sagemaker_hosts(environ)
+        found = sagemaker_container.hosts(environ)
         if found and len(found[0]) > 1 and kv_store:
             main, *children = sagemaker_tf_configs(*found, kv_store)
             if main is None:  # a dist_async host that only runs its worker and ps children

@@ -6,9 +6,9 @@ The model sees the encoded images exactly as a deployment would (decoding and re
 the SavedModel). Prints per-class AP and the mAP, also as SageMaker's validation:mAP line.
 """
 
-import os
-
 from absl import app, flags
+
+from tfssd.command import run_command
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +28,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not 0 < FLAGS.overlap_threshold <= 1:
         raise app.UsageError(f"--overlap_threshold={FLAGS.overlap_threshold}: expected (0, 1]")
-    from tfssd.hyperparameters import expand_files
+    from tfssd.files import expand_files
 
     files = expand_files(FLAGS.validation)
     if not files:
@@ -39,6 +39,7 @@ def main(argv):
     from tfssd.data import pipeline
     from tfssd.distribute import Cluster
     from tfssd.evaluation import DetectionEvaluator
+    from tfssd.training.validation import evaluate_batches
 
     path = export.latest_version(FLAGS.saved_model)
     serve = tf.saved_model.load(path).signatures["serving_default"]
@@ -47,16 +48,17 @@ def main(argv):
     dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=FLAGS.label_width,
                                           batch_size=FLAGS.batch_size)
     evaluator = DetectionEvaluator(num_classes, FLAGS.overlap_threshold, FLAGS.ap_method)
-    for batch in dataset:
-        evaluator.add_batch(serve(images=batch["image_bytes"]), batch)
-    result = evaluator.result()
+    result = evaluate_batches(dataset, lambda batch: serve(images=batch["image_bytes"]),
+                              evaluator)
     print(f"{path}: {evaluator.num_images} images, IoU > {FLAGS.overlap_threshold}, "
           f"{FLAGS.ap_method} AP")
     print(result.format(class_names))
     print(sagemaker_metrics.validation_map(Cluster().host, 0, result.mean_ap))
 
 
+def run() -> None:
+    run_command(define_flags, main)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
-    define_flags()
-    app.run(main)
+    run()

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfssd.ops.image_ops import decode_image, resize
-from tfssd.postprocess import postprocess
+from tfssd.postprocess import detect
 
 LABELS_ASSET = "labels.txt"
 
@@ -47,9 +47,7 @@ class DetectionModule(tf.Module):
             self.labels = tf.saved_model.Asset(labels_file)
 
     def _detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = self.model(images, training=False)
-        detections = postprocess(outputs["cls_logits"], outputs["box_deltas"],
-                                 tf.constant(self._anchors), **self._nms)
+        detections = detect(self.model, images, tf.constant(self._anchors), **self._nms)
         detections["num_detections"] = tf.cast(detections["num_detections"], tf.float32)
         return detections
 

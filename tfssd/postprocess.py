@@ -51,3 +51,19 @@ def postprocess(cls_logits: tf.Tensor, box_deltas: tf.Tensor, anchors: tf.Tensor
                 "detection_scores": nmsed.nmsed_scores,
                 "detection_classes": nmsed.nmsed_classes,
                 "num_detections": nmsed.valid_detections}
+
+
+def detect(model, images: tf.Tensor, anchors: tf.Tensor, **settings) -> dict[str, tf.Tensor]:
+    """The one detection path of training, evaluation and the export: network, then post-processing.
+
+    Args:
+      model: images float32 [B, S, S, 3] RGB -> {"cls_logits", "box_deltas"} (a Keras SSD).
+      images: float32 [B, S, S, 3], RGB in [0, 255].
+      anchors: float32 [A, 4], normalised yxyx.
+      **settings: ``postprocess``'s keyword arguments (thresholds, maximum detections).
+
+    Returns:
+      ``postprocess``'s detections.
+    """
+    outputs = model(images, training=False)
+    return postprocess(outputs["cls_logits"], outputs["box_deltas"], anchors, **settings)

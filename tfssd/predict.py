@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 
+from tfssd.command import run_command
+
 FLAGS = flags.FLAGS
 
 
@@ -77,7 +79,9 @@ def main(argv):
                 json.dump(response, f)
 
 
+def run() -> None:
+    run_command(define_flags, main)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
-    define_flags()
-    app.run(main)
+    run()

@@ -4,11 +4,10 @@ It serves the chief named in TF_CONFIG and exits once the chief has come and gon
 happens when such a process runs ``python -m tfssd.train`` with its TF_CONFIG.)
 """
 
-import os
-
 from absl import app
 
 from tfssd import distribute
+from tfssd.command import run_command
 
 
 def main(argv):
@@ -23,6 +22,9 @@ def main(argv):
     distribute.serve(cluster)
 
 
+def run() -> None:
+    run_command(lambda: None, main)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    app.run(main)
+    run()

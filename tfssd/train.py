@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from tfssd import hyperparameters
+from tfssd.command import run_command
 
 FLAGS = flags.FLAGS
 
@@ -69,7 +70,9 @@ def _train(values, options, cluster) -> None:
         sys.exit(1)
 
 
+def run() -> None:
+    run_command(hyperparameters.define_flags, main)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
-    hyperparameters.define_flags()
-    app.run(main)
+    run()

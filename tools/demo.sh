@@ -2,7 +2,7 @@
 # The whole job on CPU, on data it makes itself: synthetic shapes written as Pascal VOC,
 # converted to TFRecords, an SSD300 trained from scratch with validation mAP after each epoch,
 # the exported SavedModel evaluated, and a prediction drawn to PNG with SageMaker's JSON.
-#   bash tools/demo.sh [OUTPUT_DIR]          (default: demo_output; about 10 minutes on 2 cores)
+#   bash tools/demo.sh [OUTPUT_DIR]          (default: demo_output; 2 to 10 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-demo_output}
@@ -11,13 +11,13 @@ epochs=12
 rm -rf "$out"
 set -x
 python tools/make_shapes_dataset.py --output_dir="$out/voc" --num_train=$train_images --num_val=50
-python tools/convert.py --format=voc --voc_dir="$out/voc" --split=train --output="$out/data/train"
-python tools/convert.py --format=voc --voc_dir="$out/voc" --split=val --output="$out/data/val"
-python -m tfssd.train --flagfile=flags/demo_shapes_cpu.flags \
+tfssd-convert --format=voc --voc_dir="$out/voc" --split=train --output="$out/data/train"
+tfssd-convert --format=voc --voc_dir="$out/voc" --split=val --output="$out/data/val"
+tfssd-train --flagfile=flags/demo_shapes_cpu.flags \
     --num_training_samples=$train_images --epochs=$epochs --lr_scheduler_step=10 \
     --train="$out/data/train-*" --validation="$out/data/val-*" --model_dir="$out/model"
-python -m tfssd.evaluate --saved_model="$out/model/export" --validation="$out/data/val-*"
-python -m tfssd.predict --saved_model="$out/model/export" --output_dir="$out/predictions" \
+tfssd-evaluate --saved_model="$out/model/export" --validation="$out/data/val-*"
+tfssd-predict --saved_model="$out/model/export" --output_dir="$out/predictions" \
     "$out"/voc/JPEGImages/shapes_0040{0,1,2}.jpg
 set +x
 echo "Predictions drawn in $out/predictions/*.png; TensorBoard: tensorboard --logdir $out/model"

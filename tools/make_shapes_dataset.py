@@ -6,21 +6,19 @@ Layout: JPEGImages/, Annotations/ (VOC XML), ImageSets/Main/{train,val}.txt. For
 whole pipeline without downloading anything.
 """
 
-import os
-import sys
-
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tfssd.data import synthetic  # noqa: E402
+from tfssd.data import synthetic
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Root of the VOC layout to write.")
-flags.DEFINE_integer("num_train", 400, "Training images.")
-flags.DEFINE_integer("num_val", 50, "Validation images.")
-flags.DEFINE_integer("seed", 0, "Seed of the generator.")
-flags.mark_flag_as_required("output_dir")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("output_dir", None, "Root of the VOC layout to write.")
+    flags.DEFINE_integer("num_train", 400, "Training images.")
+    flags.DEFINE_integer("num_val", 50, "Validation images.")
+    flags.DEFINE_integer("seed", 0, "Seed of the generator.")
+    flags.mark_flag_as_required("output_dir")
 
 
 def main(argv):
@@ -31,4 +29,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

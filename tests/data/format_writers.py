@@ -152,3 +152,21 @@ def write_rec(pictures, path):
             label = np.array(_label(p), np.float32)
             header = struct.pack("<IfQQ", len(label), 0.0, index, 0)
             _write_recordio_record(f, header + label.tobytes() + p.data)
+
+
+def write_yolo(pictures, root):
+    """Ultralytics' layout: root/images/, root/labels/ (class cx cy w h) and root/data.yaml."""
+    for folder in ("images", "labels"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for p in pictures:
+        with open(os.path.join(root, "images", p.file), "wb") as f:
+            f.write(p.data)
+        lines = [" ".join([str(b.class_id)] + [repr(v) for v in (
+            (b.x0 + b.x1) / 2 / p.width, (b.y0 + b.y1) / 2 / p.height,
+            (b.x1 - b.x0) / p.width, (b.y1 - b.y0) / p.height)]) for b in p.boxes]
+        stem = os.path.splitext(p.file)[0]
+        with open(os.path.join(root, "labels", stem + ".txt"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+    with open(os.path.join(root, "data.yaml"), "w") as f:
+        f.write("path: .\ntrain: images\nval: images\nnames:\n")
+        f.write("".join(f"  - {name}\n" for name in CLASS_NAMES))

@@ -11,7 +11,7 @@ from PIL import Image
 from tests.data import format_writers as fw
 from tfssd import config as config_lib
 from tfssd import training
-from tfssd.data import coco, convert, mxnet_formats, sagemaker_formats, schema, voc
+from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, schema, voc
 from tfssd.distribute import Cluster
 
 
@@ -24,12 +24,12 @@ def _image_file(tmp_path, name, mode="RGB", fmt="JPEG", size=(64, 32)):
 
 
 def _item(path, *boxes, name=None):
-    return convert.SourceImage(name=name or os.path.basename(path), path=path,
-                               objects=[convert.SourceObject(*b) for b in boxes])
+    return conversion.SourceImage(name=name or os.path.basename(path), path=path,
+                               objects=[conversion.SourceObject(*b) for b in boxes])
 
 
 def _convert(tmp_path, items, **kwargs):
-    return convert.convert(items, str(tmp_path / "out" / "t"), **kwargs)
+    return conversion.convert(items, str(tmp_path / "out" / "t"), **kwargs)
 
 
 def _labels(tmp_path):
@@ -102,13 +102,13 @@ def test_too_many_objects_for_label_width(tmp_path):
 
 def test_strict_stops_naming_the_item_and_leaves_no_output(tmp_path):
     good = _image_file(tmp_path, "good.jpg")
-    with pytest.raises(convert.ConversionError, match="nowhere.jpg: missing"):
+    with pytest.raises(conversion.ConversionError, match="nowhere.jpg: missing"):
         _convert(tmp_path, [_item(good, ("cat", 1, 1, 9, 9)),
                             _item(str(tmp_path / "nowhere.jpg"), ("cat", 1, 1, 9, 9))],
                  strict=True)
     assert not os.path.exists(tmp_path / "out" / "t-00000-of-00001.tfrecord")
     assert not list((tmp_path / "out").glob("*.incomplete"))
-    with pytest.raises(convert.ConversionError, match="zero-area"):
+    with pytest.raises(conversion.ConversionError, match="zero-area"):
         _convert(tmp_path, [_item(good, ("cat", 5, 5, 5, 9))], strict=True)
 
 
@@ -131,7 +131,7 @@ def test_unreadable_annotations_in_every_format(tmp_path):
     lst_items = mxnet_formats.read_lst(str(tmp_path / "l"), images)
     for name, got in (("voc", items), ("sagemaker_json", json_items),
                       ("manifest", manifest_items), ("lst", lst_items)):
-        summary = convert.convert(got, str(tmp_path / name / "t"), class_names=fw.CLASS_NAMES)
+        summary = conversion.convert(got, str(tmp_path / name / "t"), class_names=fw.CLASS_NAMES)
         assert summary.images_written == 2, name
         (_, reason), = summary.skipped
         assert reason.startswith("unreadable annotation"), (name, reason)
@@ -174,7 +174,7 @@ def _config(tmp_path, files, validation, **data):
         model=config_lib.ModelConfig(num_classes=3, image_size=128, width_multiplier=0.0625,
                                      use_pretrained_model=False),
         data=config_lib.DataConfig(train_files=(files,), validation_files=validation,
-                                   image_size=128, **data),
+                                   **data),
         train=config_lib.TrainConfig(num_training_samples=12, epochs=1, mini_batch_size=4,
                                      model_dir=str(tmp_path / "run"), seed=0))
 

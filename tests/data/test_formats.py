@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.data import format_writers as fw
-from tfssd.data import coco, convert, mxnet_formats, sagemaker_formats, schema, voc
+from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, schema, voc
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _convert_all(tmp_path, images, pictures):
     results = {}
 
     def run(name, items, provided=None):
-        summary = convert.convert(items, str(out / name / "train"), provided_names=provided)
+        summary = conversion.convert(items, str(out / name / "train"), provided_names=provided)
         results[name] = (summary, _records(str(out / name / "train")))
 
     fw.write_voc(pictures, str(tmp_path / "voc"))
@@ -95,9 +95,9 @@ def test_coco_crowd_boxes_and_empty_images(tmp_path, tiny):
     items, names, crowd = coco.read_coco(str(tmp_path / "c.json"), images)
     assert crowd == 1 and names == fw.CLASS_NAMES
     assert [len(i.objects) for i in items] == [2, 1, 0]
-    kept = convert.convert(items, str(tmp_path / "a" / "t"), provided_names=names)
+    kept = conversion.convert(items, str(tmp_path / "a" / "t"), provided_names=names)
     assert kept.images_written == 3 and kept.images_without_objects == 1
-    dropped = convert.convert(items, str(tmp_path / "b" / "t"), provided_names=names,
+    dropped = conversion.convert(items, str(tmp_path / "b" / "t"), provided_names=names,
                               drop_empty=True)
     assert dropped.images_written == 2 and dropped.skipped == [("img2.jpg",
                                                                 "no objects (dropped on request)")]
@@ -110,13 +110,13 @@ def test_voc_difficult_objects_are_marked_or_dropped(tmp_path, tiny):
     xml.write_text(xml.read_text().replace("<difficult>0</difficult>",
                                            "<difficult>1</difficult>", 1))
     items = voc.read_voc(str(tmp_path / "voc" / "Annotations"), images)
-    marked = convert.convert(items, str(tmp_path / "a" / "t"))
+    marked = conversion.convert(items, str(tmp_path / "a" / "t"))
     assert marked.difficult_boxes == 1
     label = _records(str(tmp_path / "a" / "t"))[0]["image/label"]
     assert label[:2] == [2, 6] and label[7] == 1 and label[13] == 0
     _, _, difficult = schema.label_to_objects(tf.constant(label))
     assert difficult.numpy().tolist() == [True, False]
-    dropped = convert.convert(items, str(tmp_path / "b" / "t"), drop_difficult=True)
+    dropped = conversion.convert(items, str(tmp_path / "b" / "t"), drop_difficult=True)
     assert dropped.boxes_written == 2 and dropped.boxes_dropped == {
         "difficult (dropped on request)": 1}
 

@@ -25,7 +25,7 @@ def freeze_layers(model: keras.Model, pattern: str) -> list[str]:
         names = [layer.name for layer in model.layers if layer.weights]
         sample = ", ".join(names[:6] + ["..."] + names[-3:]) if len(names) > 9 else ", ".join(names)
         raise ValueError(f"freeze_layer_pattern {pattern!r} matches no layer of {model.name}; "
-                         f"layer names include: {sample}. Use `python -m tfssd.layers` to list "
+                         f"layer names include: {sample}. Use `tfssd-network` to list "
                          "them all.")
     for layer in matched:
         layer.trainable = False

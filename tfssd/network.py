@@ -1,24 +1,25 @@
 """Lists the layers of an SSD network with their trainable state and parameter counts.
 
-  python -m tfssd.layers --base_network=resnet-50 [--freeze_layer_pattern='^(conv1_|conv2_).*']
+  tfssd-network --base_network=resnet-50 [--freeze_layer_pattern='^(conv1_|conv2_).*']
+  (or python -m tfssd.network ...)
 
 Shows what freeze_layer_pattern will freeze before a run: each layer that holds weights, its
 type, output shape, parameters, and whether it trains. BatchNorm layers of ResNet-50 are always
 frozen (see tfssd/model/resnet50.py).
 """
 
-import os
 
 from absl import app, flags
 
-from tfssd import hyperparameters
+from tfssd import hyperparameter_table
+from tfssd.command import run_command
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     for name in ("base_network", "image_shape", "freeze_layer_pattern"):
-        h = next(h for h in hyperparameters.HYPERPARAMETERS if h.name == name)
+        h = next(h for h in hyperparameter_table.HYPERPARAMETERS if h.name == name)
         flags.DEFINE_string(name, h.default, h.help)
     flags.DEFINE_integer("num_classes", 20, "Object classes (sets the heads' sizes).")
     flags.DEFINE_float("width_multiplier", 1.0, "Network width, as for training.")
@@ -28,12 +29,12 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    values, errors = hyperparameters.parse_hyperparameters({
+    values, errors = hyperparameter_table.parse_hyperparameters({
         "num_classes": str(FLAGS.num_classes), "num_training_samples": "1",
         "base_network": FLAGS.base_network, "image_shape": FLAGS.image_shape,
         "freeze_layer_pattern": FLAGS.freeze_layer_pattern or ""})
     if errors:
-        raise app.UsageError(str(hyperparameters.HyperparameterError(errors)))
+        raise app.UsageError(str(hyperparameter_table.HyperparameterError(errors)))
     import tensorflow as tf
 
     from tfssd.model import freezing
@@ -68,7 +69,9 @@ def main(argv):
     print(f"parameters: {trainable + frozen:,} ({trainable:,} trainable, {frozen:,} frozen)")
 
 
+def run() -> None:
+    run_command(define_flags, main)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    define_flags()
-    app.run(main)
+    run()

@@ -1,6 +1,6 @@
 """Training throughput of tfssd on this machine, in images per second.
 
-  python tools/benchmark.py --base_network=vgg-16 --image_shape=300 --mini_batch_size=8
+  tfssd-benchmark --base_network=vgg-16 --image_shape=300 --mini_batch_size=8
 
 Prints three figures, each after warm-up steps:
   train step    the full train step (forward, multibox loss, backward, optimizer) on one batch
@@ -11,25 +11,27 @@ Prints three figures, each after warm-up steps:
 """
 
 import os
-import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfssd.command import run_command
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("base_network", "vgg-16", ["vgg-16", "resnet-50"], "Backbone.")
-flags.DEFINE_integer("image_shape", 300, "Input side.")
-flags.DEFINE_integer("mini_batch_size", 8, "Batch size.")
-flags.DEFINE_float("width_multiplier", 1.0, "Network width.")
-flags.DEFINE_integer("num_classes", 20, "Classes.")
-flags.DEFINE_integer("warmup_steps", 2, "Steps not timed.")
-flags.DEFINE_integer("steps", 5, "Steps timed.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "rmsprop", "adadelta"], "Optimizer.")
-flags.DEFINE_bool("input_only", False, "Measure only the input pipeline.")
-flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: its default).")
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("base_network", "vgg-16", ["vgg-16", "resnet-50"], "Backbone.")
+    flags.DEFINE_integer("image_shape", 300, "Input side.")
+    flags.DEFINE_integer("mini_batch_size", 8, "Batch size.")
+    flags.DEFINE_float("width_multiplier", 1.0, "Network width.")
+    flags.DEFINE_integer("num_classes", 20, "Classes.")
+    flags.DEFINE_integer("warmup_steps", 2, "Steps not timed.")
+    flags.DEFINE_integer("steps", 5, "Steps timed.")
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "rmsprop", "adadelta"], "Optimizer.")
+    flags.DEFINE_bool("input_only", False, "Measure only the input pipeline.")
+    flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: its default).")
 
 
 def _rate(step_fn, batch: int) -> tuple[float, float]:
@@ -47,7 +49,7 @@ def main(argv):
     import tensorflow as tf
 
     from tfssd import config as config_lib
-    from tfssd.data import convert, synthetic, voc
+    from tfssd.data import conversion, synthetic, voc
     from tfssd.distribute import Cluster
     from tfssd.training import Trainer
 
@@ -60,15 +62,14 @@ def main(argv):
     synthetic.make_shapes_voc(os.path.join(work, "voc"), images, 0, seed=0)
     items = voc.read_voc(os.path.join(work, "voc", "Annotations"),
                          os.path.join(work, "voc", "JPEGImages"))
-    convert.convert(items, os.path.join(work, "data", "train"), num_shards=2)
+    conversion.convert(items, os.path.join(work, "data", "train"), num_shards=2)
     config = config_lib.Config(
         model=config_lib.ModelConfig(num_classes=FLAGS.num_classes,
                                      base_network=FLAGS.base_network,
                                      image_size=FLAGS.image_shape,
                                      width_multiplier=FLAGS.width_multiplier,
                                      use_pretrained_model=False),
-        data=config_lib.DataConfig(train_files=tuple(tf.io.gfile.glob(f"{work}/data/train-*")),
-                                   image_size=FLAGS.image_shape),
+        data=config_lib.DataConfig(train_files=tuple(tf.io.gfile.glob(f"{work}/data/train-*"))),
         train=config_lib.TrainConfig(num_training_samples=images, epochs=100,
                                      mini_batch_size=batch, optimizer=FLAGS.optimizer,
                                      model_dir=os.path.join(work, "run"), seed=0))
@@ -90,5 +91,9 @@ def main(argv):
     print(f"end to end: {rate:7.2f} images/s ({seconds:.2f} s per step)")
 
 
+def run() -> None:
+    run_command(define_flags, main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

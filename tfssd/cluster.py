@@ -1,8 +1,8 @@
 """Runs a distributed tfssd training as a cluster of local processes on 127.0.0.1.
 
-  python tools/local_cluster.py --kv_store=dist_sync --workers=2 -- \
+  tfssd-cluster --kv_store=dist_sync --workers=2 -- \
       --num_classes=3 --num_training_samples=400 --train='data/train-*' --model_dir=run ...
-  python tools/local_cluster.py --kv_store=dist_async --workers=2 --ps=1 -- <training flags>
+  tfssd-cluster --kv_store=dist_async --workers=2 --ps=1 -- <training flags>
 
 Each process gets its TF_CONFIG (free ports on 127.0.0.1). dist_sync: every worker runs
 ``python -m tfssd.train <flags> --kv_store=dist_sync``; worker 0 is the chief. dist_async: the
@@ -24,12 +24,17 @@ import time
 
 from absl import app, flags
 
+from tfssd.command import run_command
+
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("kv_store", "dist_sync", ["dist_sync", "dist_async"], "Distribution mode.")
-flags.DEFINE_integer("workers", 2, "Worker processes.")
-flags.DEFINE_integer("ps", 1, "Parameter servers (dist_async only).")
-flags.DEFINE_integer("grace_seconds", 10, "After a successful chief, how long the others get to "
-                     "end by themselves before SIGTERM; then how long before SIGKILL.")
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("kv_store", "dist_sync", ["dist_sync", "dist_async"], "Distribution mode.")
+    flags.DEFINE_integer("workers", 2, "Worker processes.")
+    flags.DEFINE_integer("ps", 1, "Parameter servers (dist_async only).")
+    flags.DEFINE_integer("grace_seconds", 10, "After a successful chief, how long the others get "
+                         "to end by themselves before SIGTERM; then how long before SIGKILL.")
 
 _print_lock = threading.Lock()
 
@@ -120,5 +125,9 @@ def main(argv):
     sys.exit(128 - code if code < 0 else code)
 
 
+def run() -> None:
+    run_command(define_flags, main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

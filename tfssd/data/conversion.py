@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tfssd.config import CLASS_MAP_NAME
 from tfssd.data import schema
 
-CLASS_MAP_NAME = "class_map.json"
 TINY_BOX_PIXELS = 2.0
 _KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 

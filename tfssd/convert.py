@@ -1,0 +1,172 @@
+r"""Converts annotated images to tfssd's sharded TFRecords and prints a summary.
+
+  # Pascal VOC layout (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt), or any folder
+  # of VOC XML files with --annotations_dir/--images_dir [--ids_file]:
+  tfssd-convert --format=voc --voc_dir=VOCdevkit/VOC2007 --split=trainval \
+      --output=data/train
+  # COCO instances JSON:
+  tfssd-convert --format=coco --coco_json=instances_train2017.json \
+      --images_dir=train2017 --output=data/train
+  # SageMaker image + per-image JSON (the train and train_annotation channels):
+  tfssd-convert --format=sagemaker_json --images_dir=train \
+      --annotations_dir=train_annotation --output=data/train
+  # SageMaker augmented manifest (JSON Lines), s3:// references resolved under --images_root:
+  tfssd-convert --format=manifest --manifest=train.manifest --images_root=images \
+      --output=data/train
+  # MXNet im2rec list, or RecordIO (the .idx file is not needed):
+  tfssd-convert --format=lst --lst=train.lst --images_root=images --output=data/train
+  tfssd-convert --format=recordio --rec=train.rec --output=data/train
+  # YOLO (Ultralytics) .txt labels; --labels_dir defaults to --images_dir with its last
+  # "images" folder replaced by "labels"; class names from data.yaml (or --class_names):
+  tfssd-convert --format=yolo --images_dir=coco128/images/train2017 \
+      --data_yaml=coco128/data.yaml --output=data/train
+
+Writes data/train-00000-of-0000N.tfrecord and data/class_map.json. Bad items are skipped and
+listed in the summary, or stop the conversion with --strict.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from tfssd.command import run_command
+from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, voc, yolo
+
+FORMATS = ["voc", "coco", "sagemaker_json", "manifest", "lst", "recordio", "yolo"]
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_enum("format", None, FORMATS, "Input format.")
+    flags.DEFINE_string("output", None, "Output prefix: PREFIX-00000-of-0000N.tfrecord.")
+    flags.DEFINE_string("voc_dir", None,
+                        "voc: root with Annotations/, JPEGImages/, ImageSets/Main/.")
+    flags.DEFINE_string("split", None,
+                        "voc, with --voc_dir: the image set, e.g. train or trainval.")
+    flags.DEFINE_string("annotations_dir", None, "voc: folder of XML files; sagemaker_json: folder "
+                        "of per-image JSON files.")
+    flags.DEFINE_string("images_dir", None,
+                        "voc, coco, sagemaker_json, yolo: folder of the images.")
+    flags.DEFINE_string("labels_dir", None, "yolo: folder of the .txt label files; default: "
+                        "--images_dir with its last 'images' component replaced by 'labels'.")
+    flags.DEFINE_string("data_yaml", None, "yolo: Ultralytics data.yaml giving the class names "
+                        "(used unless --class_names is given).")
+    flags.DEFINE_string("ids_file", None, "voc: only the image ids listed here (one per line).")
+    flags.DEFINE_string("coco_json", None, "coco: the instances JSON file.")
+    flags.DEFINE_string("manifest", None, "manifest: the augmented manifest (JSON Lines).")
+    flags.DEFINE_string("manifest_attribute", None, "manifest: the attribute holding the boxes; "
+                        "default: the one whose -metadata type is groundtruth/object_detection.")
+    flags.DEFINE_string("images_root", None,
+                        "manifest, lst: root that image paths are relative to.")
+    flags.DEFINE_string("lst", None, "lst: the im2rec .lst file.")
+    flags.DEFINE_string("rec", None, "recordio: the .rec file.")
+    flags.DEFINE_list("class_names", None, "Class names in id order; default: the output folder's "
+                      "class_map.json if present, else what the format provides (names found, "
+                      "sorted, for voc).")
+    flags.DEFINE_integer("num_shards", None, "Output files; default one per 1000 images.")
+    flags.DEFINE_integer("label_width", 350, "Images whose label needs more floats are refused.")
+    flags.DEFINE_bool("strict", False, "Stop at the first bad item instead of skipping it.")
+    flags.DEFINE_bool("drop_difficult", False,
+                      "Drop objects marked difficult (default: keep, marked).")
+    flags.DEFINE_bool("drop_empty", False,
+                      "Skip images without objects (default: keep as negatives).")
+    flags.mark_flags_as_required(["format", "output"])
+
+
+def _need(*names):
+    missing = [f"--{n}" for n in names if not getattr(FLAGS, n)]
+    if missing:
+        raise app.UsageError(f"--format={FLAGS.format} needs {' and '.join(missing)}")
+    for name in names:
+        path = getattr(FLAGS, name)
+        if not os.path.exists(path):
+            raise app.UsageError(f"--{name}={path}: no such file or directory")
+
+
+def read_items():
+    """The items of the chosen format, the class names it provides, and notes for the summary."""
+    if FLAGS.format == "voc":
+        annotations_dir, images_dir, ids_file = (FLAGS.annotations_dir, FLAGS.images_dir,
+                                                 FLAGS.ids_file)
+        if FLAGS.voc_dir:
+            annotations_dir = annotations_dir or os.path.join(FLAGS.voc_dir, "Annotations")
+            images_dir = images_dir or os.path.join(FLAGS.voc_dir, "JPEGImages")
+            if FLAGS.split:
+                ids_file = ids_file or os.path.join(FLAGS.voc_dir, "ImageSets", "Main",
+                                                    FLAGS.split + ".txt")
+        FLAGS.annotations_dir, FLAGS.images_dir, FLAGS.ids_file = (annotations_dir, images_dir,
+                                                                   ids_file)
+        _need("annotations_dir", "images_dir", *(["ids_file"] if ids_file else []))
+        ids = voc.read_ids(ids_file) if ids_file else None
+        return voc.read_voc(annotations_dir, images_dir, ids), None, []
+    if FLAGS.format == "coco":
+        _need("coco_json", "images_dir")
+        items, names, crowd = coco.read_coco(FLAGS.coco_json, FLAGS.images_dir)
+        return items, names, [f"iscrowd boxes left out of the training targets: {crowd}"]
+    if FLAGS.format == "sagemaker_json":
+        _need("images_dir", "annotations_dir")
+        items, names = sagemaker_formats.read_image_json(FLAGS.images_dir, FLAGS.annotations_dir)
+        return items, names, []
+    if FLAGS.format == "manifest":
+        _need("manifest", "images_root")
+        items, names = sagemaker_formats.read_manifest(FLAGS.manifest, FLAGS.images_root,
+                                                       FLAGS.manifest_attribute)
+        return items, names, []
+    if FLAGS.format == "lst":
+        _need("lst", "images_root")
+        return mxnet_formats.read_lst(FLAGS.lst, FLAGS.images_root), None, []
+    if FLAGS.format == "yolo":
+        return _read_yolo()
+    _need("rec")
+    return mxnet_formats.read_rec(FLAGS.rec), None, []
+
+
+def _read_yolo():
+    _need("images_dir")
+    if not FLAGS.labels_dir:
+        FLAGS.labels_dir = yolo.default_labels_dir(FLAGS.images_dir)
+        if FLAGS.labels_dir is None:
+            raise app.UsageError(f"--format=yolo needs --labels_dir: --images_dir="
+                                 f"{FLAGS.images_dir} has no 'images' folder to replace with "
+                                 "'labels'")
+    _need("labels_dir")
+    if FLAGS.class_names:
+        names = list(FLAGS.class_names)
+    elif FLAGS.data_yaml:
+        _need("data_yaml")
+        names = yolo.read_data_yaml(FLAGS.data_yaml)
+    else:
+        raise app.UsageError("--format=yolo needs --data_yaml or --class_names: YOLO label "
+                             "files hold only class ids")
+    items = yolo.read_yolo(FLAGS.images_dir, FLAGS.labels_dir, num_classes=len(names))
+    return items, names, []
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        items, names, notes = read_items()
+        summary = conversion.convert(items, FLAGS.output, class_names=FLAGS.class_names,
+                                     provided_names=names,
+                                     num_shards=FLAGS.num_shards, label_width=FLAGS.label_width,
+                                     strict=FLAGS.strict, drop_difficult=FLAGS.drop_difficult,
+                                     drop_empty=FLAGS.drop_empty,
+                                     progress=conversion.print_progress)
+    except (conversion.ConversionError, coco.COCOFormatError, mxnet_formats.MXNetFormatError,
+            sagemaker_formats.SageMakerFormatError, yolo.YOLOFormatError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(summary.format())
+    for note in notes:
+        print(note)
+
+
+def run() -> None:
+    run_command(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,91 @@
+"""The outer training loop: decides when to run steps, log, checkpoint, validate and stop.
+
+It runs no step itself (a runner of runners.py does, for any strategy), reads no data and knows
+no distribution mode. Every epoch ends with validation (when there is validation data), the
+early-stopping rule and a checkpoint; ``--checkpoint_every_steps`` adds checkpoints within an
+epoch. Losses are checked for finiteness before any checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from tfssd.config import Config
+from tfssd.early_stopping import EarlyStopping
+from tfssd.training.errors import TrainingError
+from tfssd.training.reporting import Reporter
+from tfssd.training.state import Checkpoints, RunState
+
+
+class Controller:
+    """Trains from the run's current step to the end or to an early stop."""
+
+    def __init__(self, config: Config, runner, state: RunState, checkpoints: Checkpoints,
+                 reporter: Reporter, evaluate: Callable | None):
+        self.config = config
+        self.runner = runner
+        self.state = state
+        self.checkpoints = checkpoints
+        self.reporter = reporter
+        self.evaluate = evaluate  # () -> (EvaluationResult, drawn images); None: no validation
+
+    def run(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
+        """Returns (the step reached, whether early stopping ended the run)."""
+        cfg = self.config.train
+        window: list[tuple[float, float]] = []
+        window_start = run_start = time.time()
+        first_step = step
+        while step < cfg.total_steps:
+            self.runner.run_step()
+            step += 1
+            epoch_end = step % cfg.steps_per_epoch == 0
+            checkpoint_due = bool(cfg.checkpoint_every_steps
+                                  and step % cfg.checkpoint_every_steps == 0)
+            log_due = step % cfg.log_every_steps == 0 or epoch_end or step == cfg.total_steps
+            losses = self.runner.collect(due=log_due or checkpoint_due)
+            self._check_finite(losses, step)
+            window += losses
+            if log_due:
+                run_rate = (step - first_step) / max(time.time() - run_start, 1e-9)
+                self.reporter.progress(step, window, time.time() - window_start, run_rate)
+                window, window_start = [], time.time()
+            if epoch_end:
+                self.runner.join()
+                if self._end_epoch(step // cfg.steps_per_epoch, step, early):
+                    return step, True
+            elif checkpoint_due:
+                self.checkpoints.save(step)
+        self.runner.join()
+        return step, False
+
+    def _end_epoch(self, epoch: int, step: int, early: EarlyStopping) -> bool:
+        """Validation, early stopping and the epoch's checkpoint; True when training stops."""
+        stop = False
+        if self.evaluate:
+            result, drawn = self.evaluate()
+            self.reporter.validation(result, drawn, epoch, step)
+            if early.best is None or result.mean_ap > early.best:
+                self.checkpoints.save_best(step)
+            should_stop = early.update(epoch, result.mean_ap)
+            self.state.record(early)
+            rule = self.config.early_stopping
+            if rule.enabled and should_stop and step < self.config.train.total_steps:
+                stop = True
+                self.reporter.log(
+                    f"Early stopping after epoch {epoch}: no improvement of validation mAP by "
+                    f"more than {rule.tolerance} for {early.epochs_without_improvement} epochs "
+                    f"(best {early.best:.4f} at epoch {early.best_epoch}).")
+        self.checkpoints.save(step)
+        return stop
+
+    def _check_finite(self, losses: list[tuple[float, float]], last_step: int) -> None:
+        for offset, (cls_loss, box_loss) in enumerate(losses):
+            if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
+                step = last_step - len(losses) + offset + 1
+                kept = (f"the last good checkpoint, {self.checkpoints.latest}, is kept"
+                        if self.checkpoints.latest else "no checkpoint was written yet")
+                raise TrainingError(
+                    f"The loss became non-finite at step {step} (cross_entropy {cls_loss}, "
+                    f"smooth_l1 {box_loss}); {kept}. Try a lower --learning_rate.")

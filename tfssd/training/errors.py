@@ -1,0 +1,54 @@
+"""The errors that end a training run, as messages that say what happened and what to do."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfssd.data import pipeline
+
+# What a collective operation raises when a dist_sync peer has gone.
+CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                  tf.errors.DeadlineExceededError)
+# What the input pipeline raises for a bad record.
+DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+def cause(error: tf.errors.OpError) -> str:
+    """The informative line of a TensorFlow error (its first line is often a generic header)."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    for line in lines:
+        if "aborted by" in line or "Connection refused" in line or "failed to connect" in line:
+            return line
+    return next((line for line in lines if not line.startswith(("Graph execution error",
+                                                                "Detected at node", "File "))),
+                lines[0] if lines else type(error).__name__)
+
+
+def data_error(error: tf.errors.OpError, files: tuple[str, ...],
+               input_format: str) -> Exception:
+    """A clear TrainingError for bad data behind ``error``, or ``error`` itself."""
+    first_line = error.message.splitlines()[0]
+    if "label_width" in first_line or "class id outside" in first_line:
+        return TrainingError(f"Bad record in {', '.join(files)}: {first_line}")
+    bad = pipeline.find_undecodable_records(files, input_format)
+    if bad:
+        return TrainingError("Records whose image does not decode:\n  " + "\n  ".join(bad)
+                             + "\nRemove them (tfssd-convert checks every image), or "
+                             "pass --skip_corrupt_records to skip such records.")
+    if isinstance(error, tf.errors.DataLossError):
+        return TrainingError(f"A TFRecord file of {', '.join(files)} is corrupt: {first_line}")
+    return error
+
+
+def cluster_error(error: tf.errors.OpError, mode: str, last_checkpoint: str | None
+                  ) -> TrainingError:
+    """The message for a cluster that lost a member; ``mode`` is 'sync' or 'async'."""
+    what = ("A worker of the dist_sync cluster stopped" if mode == "sync" else
+            "A parameter server of the dist_async cluster stopped, or the cluster failed")
+    return TrainingError(
+        f"{what} ({cause(error)}). Start the cluster again with the same commands: "
+        f"training resumes from the last checkpoint ({last_checkpoint}).")

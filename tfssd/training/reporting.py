@@ -1,0 +1,104 @@
+"""What a run reports: log lines, SageMaker's metric lines and TensorBoard summaries.
+
+Only the chief reports; other workers write to no-op summary writers and log nothing but their
+final weights digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfssd import sagemaker_metrics
+from tfssd.config import Config
+from tfssd.distribute import Cluster
+from tfssd.evaluation import EvaluationResult
+from tfssd.training.validation import SUMMARY_IMAGES
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of all weights' bytes: equal on every dist_sync worker when they agree exactly."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+class Reporter:
+    """Progress, validation and the run's settings, to the log and to TensorBoard."""
+
+    def __init__(self, config: Config, cluster: Cluster, directory: str,
+                 class_names: list[str], learning_rate):
+        self.config = config
+        self.cluster = cluster
+        self.class_names = class_names
+        self._learning_rate = learning_rate  # () -> the current rate
+        writer = tf.summary.create_file_writer if cluster.is_chief else (
+            lambda _: tf.summary.create_noop_writer())
+        self.train_writer = writer(os.path.join(directory, "train"))
+        self.val_writer = writer(os.path.join(directory, "validation"))
+
+    def log(self, line: str) -> None:
+        if self.cluster.is_chief:
+            logging.info(line)
+
+    def hyperparameters(self) -> None:
+        """The run's whole configuration, as a table in TensorBoard's text tab."""
+        rows = []
+        for group in ("model", "data", "train", "eval", "early_stopping"):
+            for key, value in dataclasses.asdict(getattr(self.config, group)).items():
+                if key in ("train_files", "validation_files"):
+                    value = f"{len(value)} files"
+                rows.append(f"| {group}.{key} | {value} |")
+        with self.train_writer.as_default():
+            tf.summary.text("hyperparameters", "| name | value |\n|---|---|\n" + "\n".join(rows),
+                            step=0)
+
+    def progress(self, step: int, losses: list[tuple[float, float]], seconds: float,
+                 run_rate: float) -> None:
+        """The mean losses of the steps since the last report, their speed and the ETA."""
+        cfg, host = self.config.train, self.cluster.host
+        epoch, batch = divmod(step - 1, cfg.steps_per_epoch)
+        images_per_s = len(losses) * cfg.global_batch_size / max(seconds, 1e-9)
+        mean_cls = sum(c for c, _ in losses) / len(losses)
+        mean_box = sum(b for _, b in losses) / len(losses)
+        learning_rate = float(self._learning_rate())
+        eta = (cfg.total_steps - step) / max(run_rate, 1e-9)
+        self.log(f"epoch {epoch + 1}/{cfg.epochs} step {batch + 1}/{cfg.steps_per_epoch} "
+                 f"loss {mean_cls + mean_box:.4f} (cross_entropy {mean_cls:.4f}, "
+                 f"smooth_l1 {mean_box:.4f}) lr {learning_rate:.3g} "
+                 f"{images_per_s:.2f} images/s ETA {format_duration(eta)}")
+        self.log(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy", mean_cls))
+        self.log(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
+        self.log(sagemaker_metrics.throughput(host, images_per_s))
+        self.log(sagemaker_metrics.progress(host, 100.0 * step / cfg.total_steps))
+        with self.train_writer.as_default(step=step):
+            tf.summary.scalar("loss/total", mean_cls + mean_box)
+            tf.summary.scalar("loss/cross_entropy", mean_cls)
+            tf.summary.scalar("loss/smooth_l1", mean_box)
+            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("throughput_images_per_second", images_per_s)
+
+    def validation(self, result: EvaluationResult, drawn: np.ndarray, epoch: int,
+                   step: int) -> None:
+        self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
+        self.log(f"validation after epoch {epoch}: " + result.format(self.class_names))
+        with self.val_writer.as_default(step=step):
+            tf.summary.scalar("mAP", result.mean_ap)
+            if len(drawn):
+                tf.summary.image("ground_truth_left_detections_right", drawn,
+                                 max_outputs=SUMMARY_IMAGES)
+            for name, ap in zip(self.class_names, result.ap):
+                if not np.isnan(ap):
+                    tf.summary.scalar(f"AP/{name}", ap)

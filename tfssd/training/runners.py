@@ -1,0 +1,171 @@
+"""Step runners: run training steps under a strategy and hand their losses back.
+
+One runner per distribution mode, so that the outer loop (controller.py) has no mode branches:
+
+* ``SynchronousRunner``: the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy
+  (dist_sync). A step runs when called; its losses are ready at once.
+* ``ParameterServerRunner``: ParameterServerStrategy (dist_async). Steps are scheduled on the
+  workers by a ClusterCoordinator and their losses fetched only when the loop needs them
+  (logging, checkpoints, epoch ends), so the workers never wait on the chief.
+
+Both take a ``build_dataset(input_context, seed, start_sample)`` function that makes one input
+pipeline's batches, and a ``translate`` function that turns a bad-data error into a clear one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from tfssd.losses import multibox_loss
+from tfssd.training.errors import DATA_ERRORS
+from tfssd.training.optimization import add_weight_decay, is_decayed
+
+Losses = tuple[float, float]  # (cross_entropy, smooth_l1) of one step
+
+
+def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
+                    optimizer: keras.optimizers.Optimizer, global_step: tf.Variable,
+                    weight_decay: float, reduce: bool):
+    """A ``tf.function`` (distributed iterator) -> (cls_loss, box_loss) of one step.
+
+    The loss of the global batch is divided by its positives (at least 1), counted over all
+    replicas. ``reduce``: sum the replicas' losses (synchronous strategies); otherwise each
+    worker returns its own (parameter-server training, one replica per worker).
+    """
+    replicas = strategy.num_replicas_in_sync
+    variables = model.trainable_variables
+    decayed = [is_decayed(v) for v in variables]
+
+    def replica_step(images, targets):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            sums = multibox_loss(targets["cls_targets"], targets["box_targets"],
+                                 outputs["cls_logits"], outputs["box_deltas"])
+            normaliser = tf.maximum(context.all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.num_positives)), 1.0)
+            cls_loss = sums.cls_loss_sum / normaliser
+            box_loss = sums.box_loss_sum / normaliser
+            loss = cls_loss + box_loss  # inside the tape, or it has no gradient
+        grads = tape.gradient(loss, variables)
+        if weight_decay:
+            # Gradients are summed over replicas, so each adds its share of wd * w.
+            grads = add_weight_decay(grads, variables, decayed, weight_decay / replicas)
+        optimizer.apply_gradients(zip(grads, variables))
+        return cls_loss, box_loss
+
+    @tf.function
+    def train_step(iterator):
+        images, targets = next(iterator)
+        cls_loss, box_loss = strategy.run(replica_step, args=(images, targets))
+        global_step.assign_add(1)  # atomic: async workers lose no increment
+        if not reduce:
+            return cls_loss, box_loss
+        total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+        return total(cls_loss), total(box_loss)
+
+    return train_step
+
+
+class SynchronousRunner:
+    """Runs each step as it is asked for, under a synchronous strategy."""
+
+    reduce = True  # make_train_step's setting for this runner
+
+    def __init__(self, strategy: tf.distribute.Strategy,
+                 translate: Callable[[Exception], Exception]):
+        self.strategy = strategy
+        self._translate = translate
+        self._iterator = None
+        self._step_fn = None
+        self._pending: list = []
+
+    def start(self, step_fn, build_dataset, seed: int, start_sample: int) -> None:
+        """Readies the data stream from global example ``start_sample`` (a resumed run's place)."""
+        self._step_fn = step_fn
+        self._iterator = iter(self.strategy.distribute_datasets_from_function(
+            lambda context: build_dataset(context, seed, start_sample)))
+
+    def run_step(self) -> None:
+        try:
+            self._pending.append(self._step_fn(self._iterator))
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+
+    def collect(self, due: bool) -> list[Losses]:
+        """The losses of the steps run since the last call (every step's, here)."""
+        del due  # a synchronous step's losses are ready anyway
+        try:
+            losses = [tuple(float(x) for x in h) for h in self._pending]
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+        self._pending = []
+        return losses
+
+    def join(self) -> None:
+        """Waits for every step run so far (they are done already)."""
+
+
+class ParameterServerRunner:
+    """Schedules steps on the workers of a ParameterServerStrategy through a ClusterCoordinator."""
+
+    reduce = False
+
+    def __init__(self, strategy: tf.distribute.Strategy,
+                 translate: Callable[[Exception], Exception]):
+        self.strategy = strategy
+        self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+        self._translate = translate
+        self._iterator = None
+        self._step_fn = None
+        self._pending: list = []
+
+    def start(self, step_fn, build_dataset, seed: int, start_sample: int) -> None:
+        """Readies each worker's own stream; asynchronous training keeps no data position."""
+        del start_sample
+        self._step_fn = step_fn
+
+        def dataset_fn(input_context):
+            # Runs on each worker (one pipeline and replica, so batches of mini_batch_size):
+            # its clock gives it its own data order.
+            salt = tf.cast(tf.timestamp() * 1e6, tf.int64)
+            return build_dataset(input_context,
+                                 tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64), salt), 0)
+
+        @tf.function
+        def per_worker_dataset():
+            return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+        self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
+
+    def run_step(self) -> None:
+        try:
+            self._pending.append(self.coordinator.schedule(self._step_fn,
+                                                           args=(self._iterator,)))
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+
+    def collect(self, due: bool) -> list[Losses]:
+        """The losses of the steps scheduled since the last fetch, fetched only when ``due``."""
+        if not due:
+            return []
+        try:
+            losses = [tuple(float(x) for x in h.fetch()) for h in self._pending]
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+        self._pending = []
+        return losses
+
+    def join(self) -> None:
+        """Waits until every scheduled step has run."""
+        self.coordinator.join()
+
+
+def make_runner(strategy: tf.distribute.Strategy, mode: str,
+                translate: Callable[[Exception], Exception]):
+    """The runner for a cluster's mode: 'async' (dist_async), else synchronous."""
+    runner = ParameterServerRunner if mode == "async" else SynchronousRunner
+    return runner(strategy, translate)

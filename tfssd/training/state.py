@@ -1,0 +1,185 @@
+"""A run's state beside the weights, its checkpoints, and how a run starts: anew, resumed or
+initialised from an earlier run.
+
+The state (global step, seed, early-stopping record) lives in ``tf.Variable``s saved with the
+model and optimizer, so a killed run resumes at the same step, schedule position and data
+position. The run file (``tfssd_run.json``) records the network geometry a model directory was
+trained with, so that a directory of another network is refused instead of half-restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import keras
+import tensorflow as tf
+
+from tfssd.config import EarlyStoppingConfig, ModelConfig
+from tfssd.early_stopping import EarlyStopping
+from tfssd.training.errors import TrainingError
+
+RUN_FILE = "tfssd_run.json"  # the network geometry a model directory was trained with
+BEST_DIR = "best"  # under a model directory: the checkpoint with the best validation mAP
+GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
+
+
+def geometry(model: ModelConfig) -> dict:
+    """What must agree for weights to be restored into another run."""
+    return {key: getattr(model, key) for key in GEOMETRY_KEYS}
+
+
+def geometry_differences(run_dir: str, expected: dict) -> str:
+    """'' when the run in ``run_dir`` has the ``expected`` geometry, else what differs."""
+    with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as f:
+        recorded = json.load(f)
+    return ", ".join(f"{k}: {recorded.get(k)} there, {expected[k]} now"
+                     for k in GEOMETRY_KEYS if recorded.get(k) != expected[k])
+
+
+def check_run_file(model_dir: str, expected: dict, class_names: list[str], write: bool) -> None:
+    """Refuses a model directory trained with another geometry; records it (``write``) if new."""
+    path = os.path.join(model_dir, RUN_FILE)
+    if os.path.isfile(path):
+        different = geometry_differences(model_dir, expected)
+        if different:
+            raise TrainingError(f"{model_dir} holds a run with another network ({different}); "
+                                "use a new --model_dir to start a new run")
+    elif write:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({**expected, "class_names": class_names}, f, indent=2)
+
+
+def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
+    """The checkpoint --init_from names: the earlier run's best weights, else its latest.
+
+    Accepts a tfssd model directory, or a folder holding one as ``checkpoints/`` (the layout of
+    a SageMaker model artifact from tfssd).
+    """
+    if not source:
+        return None
+    run_dir = next((d for d in (source, os.path.join(source, "checkpoints"))
+                    if os.path.isfile(os.path.join(d, RUN_FILE))), None)
+    if run_dir is None:
+        raise TrainingError(f"--init_from={source}: not a tfssd model directory (no "
+                            f"{RUN_FILE} in it or in its checkpoints/)")
+    different = geometry_differences(run_dir, expected)
+    if different:
+        raise TrainingError(f"--init_from={source} was trained with another network "
+                            f"({different}); incremental training needs the same "
+                            "base_network, num_classes, image_shape and width_multiplier")
+    checkpoint = (tf.train.latest_checkpoint(os.path.join(run_dir, BEST_DIR))
+                  or tf.train.latest_checkpoint(run_dir))
+    if checkpoint is None:
+        raise TrainingError(f"--init_from={source}: no checkpoint in {run_dir}")
+    return checkpoint
+
+
+class RunState:
+    """Global step, seed and early-stopping record, as variables every worker holds alike."""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        with strategy.scope():
+            variable = lambda value, dtype, name: tf.Variable(
+                value, dtype=dtype, trainable=False, name=name,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.global_step = variable(0, tf.int64, "global_step")  # atomic assign_add
+            self.run_seed = variable(-1, tf.int64, "run_seed")
+            self.best_map = variable(-1.0, tf.float32, None)
+            self.best_epoch = variable(0, tf.int64, None)
+            self.bad_epochs = variable(0, tf.int64, None)
+
+    @property
+    def variables(self) -> list[tf.Variable]:
+        return [self.global_step, self.run_seed, self.best_map, self.best_epoch, self.bad_epochs]
+
+    @property
+    def step(self) -> int:
+        return int(self.global_step.numpy())
+
+    @property
+    def seed(self) -> int:
+        return int(self.run_seed.numpy())
+
+    def choose_seed(self, seed: int | None) -> None:
+        """A new run's seed: the configured one, else a random one (a resumed run keeps its own)."""
+        if self.seed < 0:
+            self.run_seed.assign(seed if seed is not None
+                                 else random.SystemRandom().randrange(2 ** 31))
+
+    def early_stopping(self, config: EarlyStoppingConfig) -> EarlyStopping:
+        """The early-stopping rule, with the record of the epochs already run."""
+        early = EarlyStopping(config.min_epochs, config.patience, config.tolerance)
+        if float(self.best_map.numpy()) >= 0:
+            early.best = float(self.best_map.numpy())
+            early.best_epoch = int(self.best_epoch.numpy())
+            early.epochs_without_improvement = int(self.bad_epochs.numpy())
+        return early
+
+    def record(self, early: EarlyStopping) -> None:
+        self.best_map.assign(early.best)
+        self.best_epoch.assign(early.best_epoch)
+        self.bad_epochs.assign(early.epochs_without_improvement)
+
+
+class Checkpoints:
+    """The run's checkpoints (model, optimizer, state) and the best-mAP weights beside them."""
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                 state: RunState, directory: str, max_to_keep: int):
+        self.model = model
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, global_step=state.global_step,
+            run_seed=state.run_seed, best_map=state.best_map, best_epoch=state.best_epoch,
+            bad_epochs=state.bad_epochs)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                  max_to_keep=max_to_keep)
+        self.best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), os.path.join(directory, BEST_DIR), max_to_keep=1)
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    @property
+    def best(self) -> str | None:
+        return self.best_manager.latest_checkpoint
+
+    def save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+
+    def save_best(self, step: int) -> None:
+        self.best_manager.save(checkpoint_number=step)
+
+    def resume(self, path: str) -> None:
+        """Restores everything a checkpoint of this run holds (it must match exactly)."""
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+
+    def load_weights(self, path: str) -> None:
+        """Restores only the network's weights (best weights, --init_from)."""
+        tf.train.Checkpoint(model=self.model).restore(path).expect_partial()
+
+
+def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: list,
+                         is_chief: bool) -> None:
+    """dist_sync: every worker takes the chief's values of ``variables``.
+
+    A worker that cannot see the chief's checkpoints (local disks) would otherwise start from
+    other values, and the replicas would drift apart.
+    """
+    keep = 1.0 if is_chief else 0.0
+
+    @tf.function
+    def chief_values():
+        def replica_fn():
+            values = [tf.cast(tf.convert_to_tensor(v), tf.float64) * keep for v in variables]
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, values)
+        return strategy.run(replica_fn)
+
+    values = tf.nest.map_structure(
+        lambda v: strategy.experimental_local_results(v)[0], chief_values())
+    for variable, value in zip(variables, values):
+        variable.assign(tf.cast(value, variable.dtype))
+

@@ -1,0 +1,241 @@
+"""A training run put together: data, network, optimizer, state, runner, validation, export.
+
+``Trainer`` builds the parts for one process of a cluster and hands them to the controller;
+at the end it exports the checkpoint with the best validation mAP (or the final weights). Under
+dist_sync every worker runs it on its part of each global batch; the chief writes the model
+directory, the others a scratch directory, and after start-up every worker takes the chief's
+state. Under dist_async the chief runs it, scheduling the steps on the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfssd import export
+from tfssd.config import Config
+from tfssd.data import conversion, pipeline, schema
+from tfssd.distribute import Cluster
+from tfssd.early_stopping import EarlyStopping
+from tfssd.evaluation import EvaluationResult
+from tfssd.model.ssd import SSD, build_ssd
+from tfssd.training import errors, optimization, runners, state
+from tfssd.training.controller import Controller
+from tfssd.training.errors import TrainingError
+from tfssd.training.reporting import Reporter, weights_digest
+from tfssd.training.validation import Validator
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    global_step: int
+    epochs_completed: int
+    best_map: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    export_path: str | None
+    model_dir: str
+
+
+def read_class_names(path: str | None, num_classes: int) -> list[str]:
+    """Class names from a class_map.json, or the ids as names; must agree with num_classes."""
+    if not path:
+        return [str(i) for i in range(num_classes)]
+    names = conversion.read_class_map(path)
+    if len(names) != num_classes:
+        raise TrainingError(f"{path} lists {len(names)} classes but num_classes={num_classes}; "
+                            "num_classes counts object classes without background")
+    return names
+
+
+class Trainer:
+    """Trains one SSD as a config describes, under a strategy, on this process's part of a cluster.
+
+    Non-chief workers write their checkpoints and summaries to a scratch directory; every
+    worker saves, as MultiWorkerMirroredStrategy requires.
+    """
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy, cluster: Cluster):
+        self.config = config
+        self.strategy = strategy
+        self.cluster = cluster
+        cfg = config.train
+        self.model_dir = (cfg.model_dir if cluster.is_chief else
+                          tempfile.mkdtemp(prefix=f"tfssd-worker{cluster.task_id}-"))
+        self.runner = runners.make_runner(strategy, cluster.mode, self._data_error)
+        os.makedirs(self.model_dir, exist_ok=True)
+        self.class_names = read_class_names(config.data.class_map_file, config.model.num_classes)
+        self._check_training_files()
+        try:
+            self.input_format = schema.resolve_format(
+                config.data.train_files + config.data.validation_files, config.data.input_format)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+
+        self.state = state.RunState(strategy)
+        # Every worker resumes from the chief's directory where it can see it (see
+        # broadcast_from_chief for those that cannot).
+        geometry = state.geometry(config.model)
+        resume_from = tf.train.latest_checkpoint(cfg.model_dir)
+        init_from = None if resume_from else state.init_from_checkpoint(cfg.init_from, geometry)
+        if cfg.seed is not None:
+            keras.utils.set_random_seed(cfg.seed)
+        with strategy.scope():
+            # Weights come from this run's checkpoint, else --init_from, else ImageNet or scratch.
+            self.ssd: SSD = build_ssd(config.model, load_pretrained=not (resume_from or init_from))
+            self.model = self.ssd.model
+            self.optimizer = optimization.build_optimizer(cfg.optimizer, self._learning_rate,
+                                                          cfg.momentum)
+            self.optimizer.build(self.model.trainable_variables)
+        state.check_run_file(cfg.model_dir, geometry, self.class_names, write=cluster.is_chief)
+        self.checkpoints = state.Checkpoints(self.model, self.optimizer, self.state,
+                                             self.model_dir, cfg.max_checkpoints)
+        self.reporter = Reporter(config, cluster, self.model_dir, self.class_names,
+                                 self._learning_rate)
+        if resume_from:
+            self.checkpoints.resume(resume_from)
+            step = self.state.step
+            epoch, batch = divmod(step, cfg.steps_per_epoch)
+            position = (f"data position (example {step * cfg.global_batch_size} of the run's "
+                        "stream)" if cluster.mode != "async" else
+                        "a new data order on each worker (dist_async keeps no data position)")
+            self.reporter.log(f"Resumed from {resume_from} at step {step} (epoch {epoch + 1}, "
+                              f"step {batch + 1} of it), with its optimizer state, learning rate "
+                              f"and {position}.")
+        elif init_from:
+            self.checkpoints.load_weights(init_from)
+            self.reporter.log(f"Initialised the network from {init_from} (--init_from); the "
+                              "optimizer, schedule and data start anew.")
+        self.state.choose_seed(cfg.seed)
+        if cluster.mode == "sync":
+            state.broadcast_from_chief(
+                strategy, [*self.model.weights, *self.optimizer.variables, *self.state.variables],
+                cluster.is_chief)
+        decay = cfg.weight_decay if optimization.uses_weight_decay(cfg.optimizer) else 0.0
+        self.train_step = runners.make_train_step(strategy, self.model, self.optimizer,
+                                                  self.state.global_step, decay,
+                                                  reduce=self.runner.reduce)
+        self.validator = Validator(config, self.model, self.ssd.anchors, self.class_names,
+                                   self.input_format, self._data_error)
+
+    @property
+    def global_step(self) -> tf.Variable:
+        return self.state.global_step
+
+    @property
+    def run_seed(self) -> tf.Variable:
+        return self.state.run_seed
+
+    def _learning_rate(self):
+        cfg = self.config.train
+        return optimization.learning_rate_at(self.state.global_step, cfg.learning_rate,
+                                             cfg.lr_scheduler_factor, cfg.lr_boundaries)
+
+    def _check_training_files(self) -> None:
+        """Walks every record header once: a truncated file stops the run here, naming it."""
+        try:
+            records = sum(schema.count_records(path) for path in self.config.data.train_files)
+        except (ValueError, OSError) as e:
+            raise TrainingError(f"Unusable training file: {e}") from None
+        declared = self.config.train.num_training_samples
+        if records != declared and self.cluster.is_chief:
+            logging.warning(
+                "num_training_samples=%d but the training files hold %d records; epochs (and "
+                "lr_scheduler_step) count num_training_samples images.", declared, records)
+
+    def _data_error(self, error: tf.errors.OpError, files: tuple[str, ...] | None = None):
+        return errors.data_error(error, files or self.config.data.train_files, self.input_format)
+
+    def build_train_dataset(self, input_context: tf.distribute.InputContext, seed,
+                            start_sample: int = 0) -> tf.data.Dataset:
+        """This input pipeline's batches (per replica) of the run's training stream."""
+        cfg, data = self.config.train, self.config.data
+        return pipeline.build_train_dataset(
+            data.train_files, self.ssd.anchors, image_size=self.config.model.image_size,
+            label_width=data.label_width, num_classes=self.config.model.num_classes,
+            batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
+            samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size, seed=seed,
+            start_sample=start_sample, shuffle_buffer=data.shuffle_buffer,
+            input_format=self.input_format, skip_corrupt_records=data.skip_corrupt_records,
+            input_context=input_context)
+
+    def train_dataset(self, start_sample: int = 0):
+        """The distributed training stream from global example ``start_sample`` (synchronous)."""
+        seed = self.state.seed
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: self.build_train_dataset(context, seed, start_sample))
+
+    def evaluate(self) -> tuple[EvaluationResult, np.ndarray]:
+        """Validation mAP of the current weights, and the first images drawn (validation.py)."""
+        return self.validator.evaluate()
+
+    def train(self) -> TrainingResult:
+        cfg = self.config.train
+        step = self.state.step
+        early = self.state.early_stopping(self.config.early_stopping)
+        workers = {"sync": f" on {self.cluster.num_workers} workers (dist_sync)",
+                   "async": " on the workers of a dist_async cluster"}.get(self.cluster.mode, "")
+        self.reporter.log(
+            f"Training {self.model.name}{workers}: {self.model.count_params():,} parameters, "
+            f"{self.ssd.num_anchors} anchors, {cfg.steps_per_epoch} steps per epoch of "
+            f"{cfg.global_batch_size} images, {cfg.epochs} epochs; model_dir {cfg.model_dir}; "
+            f"seed {self.state.seed}.")
+        if step == 0:
+            self.reporter.hyperparameters()
+        if step >= cfg.total_steps:
+            self.reporter.log("The run in this model directory is complete; nothing to train.")
+        controller = Controller(self.config, self.runner, self.state, self.checkpoints,
+                                self.reporter,
+                                self.evaluate if self.config.data.validation_files else None)
+        try:
+            self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
+                              start_sample=step * cfg.global_batch_size)
+            step, stopped_early = controller.run(step, early)
+        except errors.CLUSTER_ERRORS as e:  # a peer has gone (a step, a checkpoint, validation)
+            if self.cluster.mode == "local":
+                raise
+            raise errors.cluster_error(e, self.cluster.mode,
+                                       tf.train.latest_checkpoint(cfg.model_dir)) from None
+        return self._finish(step, stopped_early, early)
+
+    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping) -> TrainingResult:
+        cfg = self.config.train
+        if self.checkpoints.best:
+            self.checkpoints.load_weights(self.checkpoints.best)
+            chosen = f"the best validation mAP ({early.best:.4f}, epoch {early.best_epoch})"
+        else:
+            chosen = "the final weights"
+        export_path = None
+        if self.cluster.is_chief:
+            model = self.config.model
+            export_path = export.export_saved_model(
+                self.model, self.ssd.anchors, cfg.resolved_export_dir,
+                image_size=model.image_size, class_names=self.class_names,
+                nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
+                max_detections=model.max_detections)
+            self.reporter.log(
+                f"Done: {step // cfg.steps_per_epoch} epochs ({step} steps)"
+                f"{', stopped early' if stopped_early else ''}. Exported {chosen} to "
+                f"{export_path}. Checkpoints and TensorBoard logs: {cfg.model_dir} "
+                f"(tensorboard --logdir {cfg.model_dir}).")
+        if self.cluster.mode == "sync":
+            logging.info("Worker %d final weights digest %s.", self.cluster.task_id,
+                         weights_digest(self.model))
+        if not self.cluster.is_chief:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+        return TrainingResult(global_step=step, epochs_completed=step // cfg.steps_per_epoch,
+                              best_map=early.best, best_epoch=early.best_epoch or None,
+                              stopped_early=stopped_early, export_path=export_path,
+                              model_dir=cfg.model_dir)
+
+
+def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster) -> TrainingResult:
+    """Trains (or resumes) the run that ``config`` describes; returns what it did."""
+    return Trainer(config, strategy, cluster).train()
