@@ -1,19 +1,105 @@
-"""What every tfssd command does before its ``main``: quiet start-up, flags, absl's runner.
+"""What every tfssd command does around its ``main``: quiet start-up, flags, clean failures.
 
 Each command module defines ``define_flags()`` and ``main(argv)``; its ``run()`` (the console
-script ``tfssd-<name>``) and ``python -m tfssd.<name>`` both go through ``run_command``.
+script ``tfssd-<name>``) and ``python -m tfssd.<name>`` both go through ``run_command``, which
+
+* keeps TensorFlow's native start-up log off the screen ("oneDNN custom operations are on",
+  "failed call to cuInit" on a machine without a GPU), unless TF_CPP_MIN_LOG_LEVEL is set;
+* turns an unexpected exception into one line naming it and the file holding the full
+  traceback (``--show_traceback`` prints it instead). Expected failures (bad input, bad flags)
+  are the commands' own one-line messages and exit codes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 
-from absl import app
+from absl import app, flags
+
+FLAGS = flags.FLAGS
 
 
-def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
-    """Defines the command's flags (never at import time) and runs ``main`` under absl."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Holds what native code writes to file descriptor 2; replays it if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def quiet_tensorflow() -> None:
+    """Imports TensorFlow with its native start-up log held back (unless the user asks for it).
+
+    TensorFlow writes its first lines before its log level applies; they are held and dropped.
+    Its later native log is limited to fatal errors: what fails reaches Python as an exception.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return  # the user chose what to see
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with _native_stderr_held():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA's initialisation logs here
+
+
+def _report_unexpected(name: str, error: BaseException) -> None:
+    path = os.path.join(tempfile.gettempdir(), f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                               f"{os.getpid()}.log")
+    text = "".join(traceback.format_exception(error))
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        where = f"full traceback in {path}, or rerun with --show_traceback"
+    except OSError:
+        where = "rerun with --show_traceback for the full traceback"
+    first = str(error).strip().splitlines()
+    print(f"{name}: unexpected error: {type(error).__name__}: {first[0] if first else ''} "
+          f"({where})", file=sys.stderr)
+
+
+def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], None],
+                tensorflow: bool = True) -> None:
+    """Defines the command's flags (never at import time) and runs ``main`` under absl.
+
+    Args:
+      define_flags: defines the command's flags.
+      main: absl's main; raises ``app.UsageError`` for bad flags, exits non-zero for bad input.
+      tensorflow: the command uses TensorFlow (its start-up log is held back first).
+    """
+    # tfssd-<name> as a console script, .../tfssd/<name>.py under python -m.
+    name = "tfssd-" + os.path.splitext(os.path.basename(sys.argv[0]))[0].removeprefix("tfssd-")
     define_flags()
-    app.run(main)
+    flags.DEFINE_bool("show_traceback", False,
+                      "Print the full traceback of an unexpected error instead of one line.")
+
+    def guarded(argv):
+        if tensorflow:
+            quiet_tensorflow()
+        try:
+            return main(argv)
+        except (app.UsageError, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # anything no message was written for
+            if FLAGS.show_traceback:
+                raise
+            _report_unexpected(name, e)
+            sys.exit(1)
+
+    app.run(guarded)

@@ -17,6 +17,8 @@ AP_METHODS = ("11point", "allpoint")
 INPUT_FORMATS = ("tfssd", "odapi", "auto")
 
 CLASS_MAP_NAME = "class_map.json"  # written beside the TFRecords by tfssd-convert
+RUN_FILE = "tfssd_run.json"  # in a model directory: the network geometry it was trained with
+BEST_DIR = "best"  # under a model directory: the checkpoint with the best validation mAP
 
 # A label is [header_width, object_width, objects...]; see tfssd/data/schema.py.
 LABEL_HEADER_WIDTH = 2

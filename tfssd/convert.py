@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 
 from tfssd.command import run_command
-from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, voc, yolo
+from tfssd.image_check import DEFAULT_MAX_PIXELS
 
 FORMATS = ["voc", "coco", "sagemaker_json", "manifest", "lst", "recordio", "yolo"]
 
@@ -72,6 +72,9 @@ def define_flags() -> None:
                       "Drop objects marked difficult (default: keep, marked).")
     flags.DEFINE_bool("drop_empty", False,
                       "Skip images without objects (default: keep as negatives).")
+    flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_PIXELS,
+                         "Images declaring more pixels (width x height) are skipped before they "
+                         "are decoded; 0: no limit.")
     flags.mark_flags_as_required(["format", "output"])
 
 
@@ -87,6 +90,8 @@ def _need(*names):
 
 def read_items():
     """The items of the chosen format, the class names it provides, and notes for the summary."""
+    from tfssd.data import coco, mxnet_formats, sagemaker_formats, voc
+
     if FLAGS.format == "voc":
         annotations_dir, images_dir, ids_file = (FLAGS.annotations_dir, FLAGS.images_dir,
                                                  FLAGS.ids_file)
@@ -124,6 +129,8 @@ def read_items():
 
 
 def _read_yolo():
+    from tfssd.data import yolo
+
     _need("images_dir")
     if not FLAGS.labels_dir:
         FLAGS.labels_dir = yolo.default_labels_dir(FLAGS.images_dir)
@@ -147,6 +154,9 @@ def _read_yolo():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # TensorFlow is imported here, not at start-up: --help answers at once.
+    from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, yolo
+
     try:
         items, names, notes = read_items()
         summary = conversion.convert(items, FLAGS.output, class_names=FLAGS.class_names,
@@ -154,6 +164,7 @@ def main(argv):
                                      num_shards=FLAGS.num_shards, label_width=FLAGS.label_width,
                                      strict=FLAGS.strict, drop_difficult=FLAGS.drop_difficult,
                                      drop_empty=FLAGS.drop_empty,
+                                     max_pixels=FLAGS.max_image_pixels,
                                      progress=conversion.print_progress)
     except (conversion.ConversionError, coco.COCOFormatError, mxnet_formats.MXNetFormatError,
             sagemaker_formats.SageMakerFormatError, yolo.YOLOFormatError, OSError) as e:

@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssd.ops.image_ops import decode_image, resize
+from tfssd.image_check import DEFAULT_MAX_PIXELS
+from tfssd.ops.image_ops import decode_image_within, resize
 from tfssd.postprocess import detect
 
 LABELS_ASSET = "labels.txt"
@@ -36,8 +37,9 @@ class DetectionModule(tf.Module):
 
     def __init__(self, model: keras.Model, anchors: np.ndarray, image_size: int, *,
                  nms_threshold: float, score_threshold: float = 0.01, max_detections: int = 200,
-                 labels_file: str | None = None):
+                 labels_file: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
+        self._max_pixels = max_pixels
         self.model = model
         self._anchors = np.asarray(anchors, np.float32)
         self._image_size = image_size
@@ -54,7 +56,8 @@ class DetectionModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def detect_encoded(self, images):
         decoded = tf.map_fn(
-            lambda data: resize(decode_image(data), self._image_size), images,
+            lambda data: resize(decode_image_within(data, self._max_pixels), self._image_size),
+            images,
             fn_output_signature=tf.TensorSpec([self._image_size, self._image_size, 3],
                                               tf.float32))
         return self._detect(decoded)
@@ -88,7 +91,7 @@ def latest_version(path: str) -> str:
 def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str, *,
                        image_size: int, class_names: list[str], nms_threshold: float,
                        score_threshold: float = 0.01, max_detections: int = 200,
-                       version: int | None = None) -> str:
+                       version: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Writes ``model`` as ``export_base/<version>`` and returns that path.
 
     Args:
@@ -99,6 +102,8 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str
       class_names: names by class id, stored as assets/labels.txt.
       nms_threshold, score_threshold, max_detections: post-processing settings.
       version: default: the next free number.
+      max_pixels: serving_default refuses encoded images declaring more pixels, before
+        decoding them (0: no limit).
     """
     version = version or next_version(export_base)
     os.makedirs(export_base, exist_ok=True)
@@ -109,7 +114,7 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str
             f.write("".join(name + "\n" for name in class_names))
         module = DetectionModule(model, anchors, image_size, nms_threshold=nms_threshold,
                                  score_threshold=score_threshold, max_detections=max_detections,
-                                 labels_file=labels)
+                                 labels_file=labels, max_pixels=max_pixels)
         saved = os.path.join(staging, "model")
         tf.saved_model.save(module, saved, signatures={
             "serving_default": module.detect_encoded,

@@ -13,7 +13,7 @@ import collections
 import json
 import os
 
-from tfssd.data.conversion import SourceImage, SourceObject
+from tfssd.data.sources import SourceImage, SourceObject
 
 
 class COCOFormatError(ValueError):

@@ -1,27 +1,20 @@
 """Conversion of annotated images (from any source format) into tfssd's sharded TFRecords.
 
-Every source format reads its annotations into ``SourceImage`` items; this module applies one
-bad-data policy to all of them and writes the records:
-
-* an unreadable annotation, a missing image file, an image that fails to decode (checked by
-  decoding it fully), an unknown class or a label longer than ``label_width``: the image is
-  skipped and reported, or, with ``strict``, the conversion stops naming the item;
-* a box partly outside the image is clipped and counted; a zero-area or inverted box is dropped
-  and counted (with ``strict`` it stops the conversion);
-* grayscale, CMYK, palette or RGBA images and formats other than JPEG and PNG are re-encoded as
-  3-channel JPEG and counted;
-* ``difficult`` objects are kept and marked (object width 6), or dropped on request.
+Every source format reads its annotations into ``SourceImage`` items (sources.py); this module
+runs the one bad-data policy (item_policy.py) over them, writes the records and sums up what
+was kept, fixed, dropped and skipped, naming the first images of each kind. With ``strict``
+the first skipped image, dropped or clipped box, or EXIF decision stops the conversion, naming
+the image.
 
 Output files are written under temporary names and renamed when the conversion succeeds, so a
-failed run leaves no partial dataset behind. ``class_map.json`` is written beside them.
-"""
+failed run leaves no partial dataset behind (nor an output folder it created). ``class_map.json``
+is written beside them."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
-import io
 import json
 import math
 import os
@@ -29,44 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from tfssd.config import CLASS_MAP_NAME
-from tfssd.data import schema
+from tfssd.data import item_policy, schema
+from tfssd.data.sources import ConversionError, SourceImage, SourceObject  # noqa: F401
+from tfssd.image_check import DEFAULT_MAX_PIXELS
 
-TINY_BOX_PIXELS = 2.0
-_KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
-
-
-class ConversionError(ValueError):
-    """A bad item under ``strict``, or an unusable class map."""
-
-
-@dataclasses.dataclass
-class SourceObject:
-    """One annotated object; corners in pixels, continuous coordinates, origin top left."""
-
-    label: str | int  # class name, or class id from 0
-    xmin: float
-    ymin: float
-    xmax: float
-    ymax: float
-    difficult: bool = False
-
-
-@dataclasses.dataclass
-class SourceImage:
-    """One image as a source format describes it."""
-
-    name: str  # shown in messages and stored as image/filename
-    path: str | None = None  # the image file, or
-    data: bytes | None = None  # the image bytes
-    objects: list[SourceObject] = dataclasses.field(default_factory=list)
-    annotated_size: tuple[int, int] | None = None  # (width, height) the annotation states
-    error: str | None = None  # why the annotation could not be read
-    normalized_boxes: bool = False  # corners are fractions of the image size, not pixels
+EXAMPLES = 5  # images named per kind of fix or drop
 
 
 @dataclasses.dataclass
@@ -85,10 +48,18 @@ class ConversionSummary:
     images_reencoded: collections.Counter = dataclasses.field(
         default_factory=collections.Counter)
     size_mismatches: int = 0
+    orientations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # The first images of each kind of fix or drop, by the summary line that counts them.
+    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     max_label_width: int = schema.HEADER_WIDTH
     files: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+
+    def note(self, kind: str, name: str) -> None:
+        names = self.examples.setdefault(kind, [])
+        if len(names) < EXAMPLES and name not in names:
+            names.append(name)
 
     @property
     def boxes_written(self) -> int:
@@ -102,17 +73,23 @@ class ConversionSummary:
             f"{len(self.skipped)} skipped ({self.seconds:.1f} s, {rate:.0f} images/s)",
             f"boxes written: {self.boxes_written} ({self.difficult_boxes} marked difficult); "
             f"{self.boxes_clipped} clipped to the image; {self.tiny_boxes} under "
-            f"{TINY_BOX_PIXELS:g} px wide or tall (kept)",
+            f"{item_policy.TINY_BOX_PIXELS:g} px wide or tall (kept)",
             f"images without objects (kept as negatives): {self.images_without_objects}",
-            f"largest label width needed: {self.max_label_width}",
+            f"largest label width needed: {self.max_label_width} (images skipped for a long "
+            "label included)",
         ]
+        for kind in ("clipped", "tiny"):
+            if kind in self.examples:
+                lines.append(f"  {kind}: {self._named(kind)}")
         for reason, count in sorted(self.boxes_dropped.items()):
-            lines.append(f"boxes dropped, {reason}: {count}")
+            lines.append(f"boxes dropped, {reason}: {count} ({self._named(reason)})")
         for reason, count in sorted(self.images_reencoded.items()):
             lines.append(f"images re-encoded, {reason}: {count}")
+        for decision, count in sorted(self.orientations.items()):
+            lines.append(f"{decision}: {count} ({self._named(decision)})")
         if self.size_mismatches:
             lines.append(f"annotation size differs from the image (the image's was used): "
-                         f"{self.size_mismatches}")
+                         f"{self.size_mismatches} ({self._named('size')})")
         lines.append("boxes per class:")
         for class_id, name in enumerate(self.class_names):
             lines.append(f"  {class_id:3d} {name}: {self.boxes_per_class.get(class_id, 0)}")
@@ -122,32 +99,28 @@ class ConversionSummary:
         lines.append("wrote: " + ", ".join(self.files))
         return "\n".join(lines)
 
-
-@dataclasses.dataclass
-class _Result:
-    """One item after the policy: a record to write, or the reason it was skipped."""
-
-    name: str
-    record: bytes | None = None
-    skip_reason: str | None = None
-    classes: list[int] = dataclasses.field(default_factory=list)
-    difficult: int = 0
-    clipped: int = 0
-    tiny: int = 0
-    dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    reencoded: str | None = None
-    size_mismatch: bool = False
-    label_width: int = schema.HEADER_WIDTH
+    def _named(self, kind: str) -> str:
+        names = self.examples.get(kind, [])
+        return ", ".join(names) + (", ..." if len(names) == EXAMPLES else "")
 
 
 def read_class_map(path: str) -> list[str]:
     """class_map.json ({"0": "name", ...}, ids contiguous from 0) -> names by id."""
-    with open(path, encoding="utf-8") as f:
-        mapping = json.load(f)
     try:
+        with open(path, encoding="utf-8") as f:
+            mapping = json.load(f)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot read the class map ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e}); expected an object of class id "
+                              '-> name such as {"0": "cat", "1": "dog"}') from None
+    try:
+        if not isinstance(mapping, dict):
+            raise TypeError
         ids = sorted(int(k) for k in mapping)
     except (TypeError, ValueError):
-        raise ConversionError(f"{path}: expected an object of class id -> name") from None
+        raise ConversionError(f"{path}: expected an object of class id -> name such as "
+                              '{"0": "cat", "1": "dog"}') from None
     if ids != list(range(len(ids))):
         raise ConversionError(f"{path}: class ids must run 0..{len(ids) - 1}, got {ids}")
     return [str(mapping[str(i)]) for i in ids]
@@ -197,93 +170,6 @@ def resolve_class_names(items: Sequence[SourceImage], output_dir: str,
     return sorted(names)
 
 
-def _read_image_bytes(item: SourceImage) -> bytes:
-    if item.data is not None:
-        return item.data
-    with open(item.path, "rb") as f:
-        return f.read()
-
-
-def _prepare_image(data: bytes) -> tuple[bytes, str, int, int, str | None]:
-    """Decodes fully (catching corrupt and truncated files) and normalises to RGB JPEG/PNG.
-
-    Returns:
-      (bytes, format, width, height, why it was re-encoded or None).
-    """
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        source_format, mode = image.format, image.mode
-        width, height = image.size
-        if source_format in _KEPT_FORMATS and mode == "RGB":
-            return data, _KEPT_FORMATS[source_format], width, height, None
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue(), "jpeg", width, height, f"{mode} {source_format} to RGB JPEG"
-
-
-def _process(item: SourceImage, class_index: dict, num_classes: int, label_width: int,
-             drop_difficult: bool) -> _Result:
-    result = _Result(item.name)
-    if item.error:
-        result.skip_reason = f"unreadable annotation: {item.error}"
-        return result
-    try:
-        data = _read_image_bytes(item)
-    except OSError as e:
-        result.skip_reason = f"missing or unreadable image file {item.path}: {e.strerror or e}"
-        return result
-    try:
-        data, image_format, width, height, result.reencoded = _prepare_image(data)
-    except Exception as e:  # PIL raises many types for bad data
-        result.skip_reason = f"corrupt or truncated image: {e}"
-        return result
-    if item.annotated_size and tuple(item.annotated_size) != (width, height) and all(
-            item.annotated_size):
-        result.size_mismatch = True
-
-    classes, boxes, difficult = [], [], []
-    for obj in item.objects:
-        class_id = class_index.get(obj.label) if isinstance(obj.label, str) else obj.label
-        if class_id is None or not 0 <= class_id < num_classes:
-            result.skip_reason = (f"unknown class {obj.label!r} (known: "
-                                  f"{', '.join(class_index) or num_classes})")
-            return result
-        if obj.difficult and drop_difficult:
-            result.dropped["difficult (dropped on request)"] += 1
-            continue
-        corners = np.array([obj.xmin, obj.ymin, obj.xmax, obj.ymax], np.float64)
-        if item.normalized_boxes:
-            corners = corners * [width, height, width, height]
-        if not np.all(np.isfinite(corners)):
-            result.dropped["non-finite coordinates"] += 1
-            continue
-        if corners[2] <= corners[0] or corners[3] <= corners[1]:
-            result.dropped["zero-area or inverted"] += 1
-            continue
-        clipped = np.clip(corners, 0, [width, height, width, height])
-        if not np.array_equal(clipped, corners):
-            result.clipped += 1
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            result.dropped["outside the image"] += 1
-            continue
-        if min(clipped[2] - clipped[0], clipped[3] - clipped[1]) < TINY_BOX_PIXELS:
-            result.tiny += 1
-        classes.append(class_id)
-        boxes.append(clipped / [width, height, width, height])
-        difficult.append(bool(obj.difficult))
-
-    marked = any(difficult)
-    label = schema.make_label(classes, np.reshape(boxes, (-1, 4)), difficult if marked else None)
-    result.label_width = len(label)
-    if len(label) > label_width:
-        result.skip_reason = (f"{len(classes)} objects need label_width >= {len(label)}, more "
-                              f"than label_width={label_width}")
-        return result
-    result.record = schema.serialize_example(data, image_format, item.name, height, width, label)
-    result.classes, result.difficult = classes, sum(difficult)
-    return result
-
-
 def _shard_names(output_prefix: str, num_shards: int) -> list[str]:
     return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
 
@@ -292,7 +178,8 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
             class_names: Sequence[str] | None = None,
             provided_names: Sequence[str] | None = None, num_shards: int | None = None,
             label_width: int = 350, strict: bool = False, drop_difficult: bool = False,
-            drop_empty: bool = False, workers: int | None = None,
+            drop_empty: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+            workers: int | None = None,
             progress: Callable[[int, int, float], None] | None = None
             ) -> ConversionSummary:
     """Applies the bad-data policy to ``items`` and writes sharded TFRecords.
@@ -306,9 +193,10 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
         See ``resolve_class_names`` for how these and an existing class_map.json combine.
       num_shards: default one per 1000 images.
       label_width: images whose label is longer are skipped (or stop the run with ``strict``).
-      strict: stop at the first bad item or dropped box instead of skipping it.
+      strict: stop at the first skipped image, dropped or clipped box, or EXIF decision.
       drop_difficult: drop objects marked difficult instead of keeping and marking them.
       drop_empty: skip images without objects instead of keeping them as negatives.
+      max_pixels: images declaring more pixels are skipped before they are decoded.
       workers: threads decoding images; default the number of CPUs.
       progress: called now and then with (images done, images in all, images/s).
 
@@ -318,6 +206,7 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
     started = time.time()
     items = list(items)
     output_dir = os.path.dirname(os.path.abspath(output_prefix))
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     class_names = resolve_class_names(items, output_dir, class_names, provided_names)
     class_index = {name: i for i, name in enumerate(class_names)}
@@ -328,7 +217,8 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
     writers = [tf.io.TFRecordWriter(name) for name in temp_names]
 
     def work(item):
-        return _process(item, class_index, len(class_names), label_width, drop_difficult)
+        return item_policy.process(item, class_index, len(class_names), label_width,
+                                   drop_difficult, max_pixels)
 
     written = 0
     try:
@@ -338,24 +228,15 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
                 reason = result.skip_reason
                 if reason is None and drop_empty and not result.classes:
                     reason = "no objects (dropped on request)"
-                if strict and (reason or result.dropped):
-                    raise ConversionError(
-                        f"{result.name}: {reason or dict(result.dropped)} (--strict)")
-                summary.boxes_dropped.update(result.dropped)
+                if strict:
+                    _stop_if_not_clean(result, reason)
+                summary.max_label_width = max(summary.max_label_width, result.label_width)
                 if reason:
                     summary.skipped.append((result.name, reason))
-                else:
-                    writers[written % num_shards].write(result.record)
-                    written += 1
-                    summary.boxes_per_class.update(result.classes)
-                    summary.difficult_boxes += result.difficult
-                    summary.boxes_clipped += result.clipped
-                    summary.tiny_boxes += result.tiny
-                    summary.images_without_objects += not result.classes
-                    summary.size_mismatches += result.size_mismatch
-                    summary.max_label_width = max(summary.max_label_width, result.label_width)
-                    if result.reencoded:
-                        summary.images_reencoded[result.reencoded] += 1
+                    continue
+                writers[written % num_shards].write(result.record)
+                written += 1
+                _account(summary, result)
                 if progress and (summary.images_read % 500 == 0
                                  or summary.images_read == len(items)):
                     rate = summary.images_read / max(time.time() - started, 1e-9)
@@ -364,6 +245,8 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
         for writer, name in zip(writers, temp_names):
             writer.close()
             os.remove(name)
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)
         raise
     for writer in writers:
         writer.close()
@@ -374,6 +257,40 @@ def convert(items: Iterable[SourceImage], output_prefix: str, *,
     summary.files = final_names + [os.path.join(output_dir, CLASS_MAP_NAME)]
     summary.seconds = time.time() - started
     return summary
+
+
+def _stop_if_not_clean(result: item_policy.ItemResult, reason: str | None) -> None:
+    """--strict: anything but a clean image stops the conversion, naming the image."""
+    dropped = {k: n for k, n in result.dropped.items() if "on request" not in k}
+    problems = ([reason] if reason else []) + [f"box dropped, {k} ({n})"
+                                               for k, n in dropped.items()]
+    problems += [f"{result.clipped} box(es) clipped to the image"] if result.clipped else []
+    problems += [result.orientation] if result.orientation else []
+    if problems:
+        raise ConversionError(f"{result.name}: {'; '.join(problems)} (--strict)")
+
+
+def _account(summary: ConversionSummary, result: item_policy.ItemResult) -> None:
+    """Adds a written image's boxes, fixes and drops to the summary."""
+    summary.boxes_per_class.update(result.classes)
+    summary.difficult_boxes += result.difficult
+    summary.boxes_clipped += result.clipped
+    summary.tiny_boxes += result.tiny
+    summary.images_without_objects += not result.classes
+    summary.size_mismatches += result.size_mismatch
+    summary.boxes_dropped.update(result.dropped)
+    for reason in result.dropped:
+        summary.note(reason, result.name)
+    for kind, count in (("clipped", result.clipped), ("tiny", result.tiny),
+                        ("size", result.size_mismatch)):
+        if count:
+            summary.note(kind, result.name)
+    if result.reencoded:
+        summary.images_reencoded[result.reencoded] += 1
+    if result.orientation:
+        decision = result.orientation.split(" (")[0].split(":")[0]
+        summary.orientations[decision] += 1
+        summary.note(decision, result.name)
 
 
 def print_progress(done: int, total: int, rate: float) -> None:

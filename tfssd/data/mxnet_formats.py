@@ -19,7 +19,7 @@ import struct
 
 import numpy as np
 
-from tfssd.data.conversion import SourceImage, SourceObject
+from tfssd.data.sources import SourceImage, SourceObject
 
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)

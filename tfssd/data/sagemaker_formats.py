@@ -16,7 +16,7 @@ import glob
 import json
 import os
 
-from tfssd.data.conversion import SourceImage, SourceObject
+from tfssd.data.sources import SourceImage, SourceObject
 
 
 class SageMakerFormatError(ValueError):

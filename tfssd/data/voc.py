@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ElementTree
 
-from tfssd.data.conversion import SourceImage, SourceObject
+from tfssd.data.sources import SourceImage, SourceObject
 
 
 def read_ids(path: str) -> list[str]:

@@ -37,7 +37,7 @@ import os
 
 import yaml
 
-from tfssd.data.conversion import SourceImage, SourceObject
+from tfssd.data.sources import SourceImage, SourceObject
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff",
                               ".webp"})

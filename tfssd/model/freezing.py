@@ -7,6 +7,10 @@ import re
 import keras
 
 
+class FreezePatternError(ValueError):
+    """freeze_layer_pattern matches no layer."""
+
+
 def freeze_layers(model: keras.Model, pattern: str) -> list[str]:
     """Makes every layer whose name matches ``pattern`` (``re.match``) non-trainable.
 
@@ -17,16 +21,16 @@ def freeze_layers(model: keras.Model, pattern: str) -> list[str]:
       The names of the frozen layers that hold weights.
 
     Raises:
-      ValueError: the pattern matches no layer; the message lists some real names.
+      FreezePatternError: the pattern matches no layer; the message lists some real names.
     """
     regex = re.compile(pattern)
     matched = [layer for layer in model.layers if regex.match(layer.name)]
     if not matched:
         names = [layer.name for layer in model.layers if layer.weights]
         sample = ", ".join(names[:6] + ["..."] + names[-3:]) if len(names) > 9 else ", ".join(names)
-        raise ValueError(f"freeze_layer_pattern {pattern!r} matches no layer of {model.name}; "
-                         f"layer names include: {sample}. Use `tfssd-network` to list "
-                         "them all.")
+        raise FreezePatternError(
+            f"freeze_layer_pattern {pattern!r} matches no layer of {model.name}; layer names "
+            f"include: {sample}. Use `tfssd-network` to list them all.")
     for layer in matched:
         layer.trainable = False
     return [layer.name for layer in matched if layer.weights]

@@ -18,3 +18,54 @@ def resize(image: tf.Tensor, output_size: int) -> tf.Tensor:
     """
     return tf.image.resize(tf.cast(image, tf.float32), [output_size, output_size],
                            method="bilinear", antialias=False)
+
+
+def _unsigned(data: tf.Tensor, offset: int, length: int, little_endian: bool) -> tf.Tensor:
+    """The unsigned integer of ``length`` bytes at ``offset`` of a string, as int64."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, offset, length), tf.uint8), tf.int64)
+    weights = tf.constant([256 ** i for i in range(length)], tf.int64)
+    return tf.reduce_sum(raw * (weights if little_endian else tf.reverse(weights, [0])))
+
+
+def declared_pixels(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Width x height as a JPEG, PNG, GIF or BMP header declares it (int64 scalar), 0 if unknown.
+
+    Read from the header alone, so that a limit can refuse an image before it is decoded (a
+    small PNG can declare 40000 x 40000 pixels).
+    """
+    magic = tf.strings.substr(image_bytes, 0, 4)
+    long_enough = tf.strings.length(image_bytes) >= 26
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0] * shape[1]
+
+    def png():
+        return _unsigned(image_bytes, 16, 4, False) * _unsigned(image_bytes, 20, 4, False)
+
+    def gif():
+        return _unsigned(image_bytes, 6, 2, True) * _unsigned(image_bytes, 8, 2, True)
+
+    def bmp():  # height may be stored negative (top-down rows)
+        height = _unsigned(image_bytes, 22, 4, True)
+        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)
+        return _unsigned(image_bytes, 18, 4, True) * height
+
+    return tf.case([
+        (tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff", jpeg),
+        (tf.logical_and(long_enough, magic == b"\x89PNG"), png),
+        (tf.logical_and(long_enough, tf.strings.substr(magic, 0, 3) == b"GIF"), gif),
+        (tf.logical_and(long_enough, tf.strings.substr(magic, 0, 2) == b"BM"), bmp),
+    ], default=lambda: tf.constant(0, tf.int64))
+
+
+def decode_image_within(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """``decode_image``, refusing (InvalidArgumentError) an image declaring over ``max_pixels``."""
+    if not max_pixels:
+        return decode_image(image_bytes)
+    check = tf.debugging.assert_less_equal(
+        declared_pixels(image_bytes), tf.constant(max_pixels, tf.int64),
+        message=f"The image declares more than {max_pixels} pixels (width x height), the limit "
+                "this model was exported with; it was not decoded")
+    with tf.control_dependencies([check]):
+        return decode_image(image_bytes)

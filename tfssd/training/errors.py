@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 from tfssd.data import pipeline
@@ -28,12 +30,37 @@ def cause(error: tf.errors.OpError) -> str:
                 lines[0] if lines else type(error).__name__)
 
 
+def _assertion(message: str, marker: str) -> str | None:
+    """The line of a TensorFlow error that holds the input pipeline's assertion ``marker``.
+
+    Under TF 2.21 an error's first line is a generic "Graph execution error:"; the assertion's
+    own text (with the record's file name) is further down.
+    """
+    return next((line.strip() for line in message.splitlines() if marker in line), None)
+
+
 def data_error(error: tf.errors.OpError, files: tuple[str, ...],
                input_format: str) -> Exception:
     """A clear TrainingError for bad data behind ``error``, or ``error`` itself."""
     first_line = error.message.splitlines()[0]
-    if "label_width" in first_line or "class id outside" in first_line:
-        return TrainingError(f"Bad record in {', '.join(files)}: {first_line}")
+    where = ", ".join(files) if len(files) <= 3 else f"{files[0]} and {len(files) - 1} more"
+    too_long = _assertion(error.message, "does not fit in label_width=")
+    if too_long:
+        # "... label_width=350: record (source image)] [img0.jpg] [needs ... at least] [402]"
+        record = re.search(r"\(source image\)\]?\s*\[b?['\"]?([^\]'\"]+)", too_long)
+        needed = re.search(r"at least\]?\s*\[?(\d+)", too_long)
+        width = re.search(r"label_width=(\d+)", too_long)
+        return TrainingError(
+            f"A record of {where} (image {record.group(1) if record else '?'}) has a label of "
+            f"{needed.group(1) if needed else 'more'} floats, longer than "
+            f"label_width={width.group(1) if width else '?'}. Pass --label_width="
+            f"{needed.group(1) if needed else 'N'} or more (tfssd-convert's summary and "
+            "tfssd-inspect print the largest width needed), or --skip_corrupt_records to skip "
+            "such records.")
+    bad_class = _assertion(error.message, "class id outside")
+    if bad_class:
+        return TrainingError(f"Bad record in {where}: {bad_class}. Check --num_classes and the "
+                             "class ids of the data (tfssd-inspect lists them).")
     bad = pipeline.find_undecodable_records(files, input_format)
     if bad:
         return TrainingError("Records whose image does not decode:\n  " + "\n  ".join(bad)

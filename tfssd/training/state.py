@@ -16,12 +16,10 @@ import random
 import keras
 import tensorflow as tf
 
-from tfssd.config import EarlyStoppingConfig, ModelConfig
+from tfssd.config import BEST_DIR, RUN_FILE, EarlyStoppingConfig, ModelConfig
 from tfssd.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 
-RUN_FILE = "tfssd_run.json"  # the network geometry a model directory was trained with
-BEST_DIR = "best"  # under a model directory: the checkpoint with the best validation mAP
 GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
 
 
@@ -46,9 +44,11 @@ def check_run_file(model_dir: str, expected: dict, class_names: list[str], write
         if different:
             raise TrainingError(f"{model_dir} holds a run with another network ({different}); "
                                 "use a new --model_dir to start a new run")
-    elif write:
-        with open(path, "w", encoding="utf-8") as f:
+    elif write:  # atomically: dist_sync workers may read it while the chief writes
+        temporary = f"{path}.{os.getpid()}.incomplete"
+        with open(temporary, "w", encoding="utf-8") as f:
             json.dump({**expected, "class_names": class_names}, f, indent=2)
+        os.replace(temporary, path)
 
 
 def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
@@ -111,7 +111,7 @@ class RunState:
     def early_stopping(self, config: EarlyStoppingConfig) -> EarlyStopping:
         """The early-stopping rule, with the record of the epochs already run."""
         early = EarlyStopping(config.min_epochs, config.patience, config.tolerance)
-        if float(self.best_map.numpy()) >= 0:
+        if int(self.best_epoch.numpy()) > 0:  # an epoch was validated
             early.best = float(self.best_map.numpy())
             early.best_epoch = int(self.best_epoch.numpy())
             early.epochs_without_improvement = int(self.bad_epochs.numpy())
@@ -157,8 +157,19 @@ class Checkpoints:
         self.checkpoint.restore(path).assert_existing_objects_matched()
 
     def load_weights(self, path: str) -> None:
-        """Restores only the network's weights (best weights, --init_from)."""
-        tf.train.Checkpoint(model=self.model).restore(path).expect_partial()
+        """Restores only the network's weights (best weights, --init_from).
+
+        Every weight of the network must be in the checkpoint (its optimizer state may be
+        there too, and is left out): a checkpoint of another network is refused, not half
+        restored.
+        """
+        try:
+            status = tf.train.Checkpoint(model=self.model).restore(path)
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:  # missing weights, or other shapes
+            raise TrainingError(f"{path} does not hold this network's weights ({str(e)[:300]}); "
+                                "it was written by another network") from None
+        status.expect_partial()
 
 
 def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: list,

@@ -25,12 +25,13 @@ from tfssd.data import conversion, pipeline, schema
 from tfssd.distribute import Cluster
 from tfssd.early_stopping import EarlyStopping
 from tfssd.evaluation import EvaluationResult
+from tfssd.model.freezing import FreezePatternError
 from tfssd.model.ssd import SSD, build_ssd
 from tfssd.training import errors, optimization, runners, state
 from tfssd.training.controller import Controller
 from tfssd.training.errors import TrainingError
 from tfssd.training.reporting import Reporter, weights_digest
-from tfssd.training.validation import Validator
+from tfssd.training.validation import Validator, ground_truth_per_class
 
 
 @dataclasses.dataclass
@@ -48,7 +49,10 @@ def read_class_names(path: str | None, num_classes: int) -> list[str]:
     """Class names from a class_map.json, or the ids as names; must agree with num_classes."""
     if not path:
         return [str(i) for i in range(num_classes)]
-    names = conversion.read_class_map(path)
+    try:
+        names = conversion.read_class_map(path)
+    except conversion.ConversionError as e:
+        raise TrainingError(f"--class_map: {e}") from None
     if len(names) != num_classes:
         raise TrainingError(f"{path} lists {len(names)} classes but num_classes={num_classes}; "
                             "num_classes counts object classes without background")
@@ -89,7 +93,11 @@ class Trainer:
             keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             # Weights come from this run's checkpoint, else --init_from, else ImageNet or scratch.
-            self.ssd: SSD = build_ssd(config.model, load_pretrained=not (resume_from or init_from))
+            try:
+                self.ssd: SSD = build_ssd(config.model,
+                                          load_pretrained=not (resume_from or init_from))
+            except FreezePatternError as e:
+                raise TrainingError(f"--{e}") from None
             self.model = self.ssd.model
             self.optimizer = optimization.build_optimizer(cfg.optimizer, self._learning_rate,
                                                           cfg.momentum)
@@ -172,6 +180,35 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(
             lambda context: self.build_train_dataset(context, seed, start_sample))
 
+    def _validates(self) -> bool:
+        """Whether validation mAP can be measured; warns about classes it cannot measure.
+
+        mAP is the mean AP over the classes with ground truth in the validation data (a class
+        without any has no AP). With none at all there is no mAP: validation is skipped and the
+        final weights are exported, or, with early stopping, the run stops here.
+        """
+        files = self.config.data.validation_files
+        if not files:
+            return False
+        counts = ground_truth_per_class(files, self.input_format, self.config.model.num_classes)
+        missing = [name for name, n in zip(self.class_names, counts) if n == 0]
+        if not counts.any():
+            if self.config.early_stopping.enabled:
+                raise TrainingError(
+                    f"The validation data ({len(files)} files) holds no ground-truth objects, so "
+                    "validation mAP cannot be measured and early_stopping cannot act; give "
+                    "--validation data with annotated objects.")
+            logging.warning("The validation data holds no ground-truth objects: mAP cannot be "
+                            "measured, validation is skipped and the final weights are exported.")
+            return False
+        if missing and self.cluster.is_chief:
+            logging.warning(
+                "Validation data has no ground truth for %d of %d classes (%s); validation mAP "
+                "is the mean AP over the %d classes that have some.", len(missing),
+                len(counts), ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else ""),
+                len(counts) - len(missing))
+        return True
+
     def evaluate(self) -> tuple[EvaluationResult, np.ndarray]:
         """Validation mAP of the current weights, and the first images drawn (validation.py)."""
         return self.validator.evaluate()
@@ -192,8 +229,8 @@ class Trainer:
         if step >= cfg.total_steps:
             self.reporter.log("The run in this model directory is complete; nothing to train.")
         controller = Controller(self.config, self.runner, self.state, self.checkpoints,
-                                self.reporter,
-                                self.evaluate if self.config.data.validation_files else None)
+                                self.reporter, self.evaluate if self._validates() else None)
+        first_step = step
         try:
             self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
                               start_sample=step * cfg.global_batch_size)
@@ -203,9 +240,10 @@ class Trainer:
                 raise
             raise errors.cluster_error(e, self.cluster.mode,
                                        tf.train.latest_checkpoint(cfg.model_dir)) from None
-        return self._finish(step, stopped_early, early)
+        return self._finish(step, stopped_early, early, trained=step > first_step)
 
-    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping) -> TrainingResult:
+    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping,
+                trained: bool = True) -> TrainingResult:
         cfg = self.config.train
         if self.checkpoints.best:
             self.checkpoints.load_weights(self.checkpoints.best)
@@ -213,7 +251,12 @@ class Trainer:
         else:
             chosen = "the final weights"
         export_path = None
-        if self.cluster.is_chief:
+        exported = None if trained else _latest_export(cfg.resolved_export_dir)
+        if self.cluster.is_chief and exported:  # the same command again on a finished run
+            export_path = exported
+            self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
+                              "version written).")
+        elif self.cluster.is_chief:
             model = self.config.model
             export_path = export.export_saved_model(
                 self.model, self.ssd.anchors, cfg.resolved_export_dir,
@@ -234,6 +277,13 @@ class Trainer:
                               best_map=early.best, best_epoch=early.best_epoch or None,
                               stopped_early=stopped_early, export_path=export_path,
                               model_dir=cfg.model_dir)
+
+
+def _latest_export(export_base: str) -> str | None:
+    try:
+        return export.latest_version(export_base)
+    except FileNotFoundError:
+        return None
 
 
 def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster) -> TrainingResult:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfssd import visualization
 from tfssd.config import Config
-from tfssd.data import pipeline
+from tfssd.data import pipeline, schema
 from tfssd.evaluation import DetectionEvaluator, EvaluationResult
 from tfssd.postprocess import detect
 
@@ -46,6 +46,22 @@ def evaluate_batches(batches: Iterable[Batch], detect_batch: Callable[[Batch], D
         if on_batch:
             on_batch(batch, detections)
     return evaluator.result()
+
+
+def ground_truth_per_class(files: tuple[str, ...], input_format: str,
+                           num_classes: int) -> np.ndarray:
+    """int [num_classes]: the objects of each class that VOC AP counts (not difficult) in files.
+
+    A class without any has no AP; mAP is the mean over the classes that have some.
+    """
+    parse = schema.PARSERS[input_format]
+    counts = np.zeros(num_classes, np.int64)
+    for serialized in tf.data.TFRecordDataset(list(files)):
+        _, classes, difficult = (t.numpy() for t in schema.label_to_objects(
+            parse(serialized)["label"]))
+        counted = classes[(~difficult.astype(bool)) & (classes >= 0) & (classes < num_classes)]
+        counts += np.bincount(counted.astype(np.int64), minlength=num_classes)[:num_classes]
+    return counts
 
 
 class Validator:
