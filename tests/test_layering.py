@@ -6,7 +6,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfssd"
 # The user commands: python -m tfssd.<name>, installed as tfssd-<name> (setup.cfg).
 COMMANDS = ("train", "evaluate", "predict", "convert", "inspect", "cluster", "benchmark",
-            "network", "server")
+            "network", "cluster_server", "export_tflite", "serve", "load")
 
 LAYERS = {
     "tfssd": 0, "tfssd.config": 0, "tfssd.hyperparameter_table": 0,
@@ -14,12 +14,13 @@ LAYERS = {
     "tfssd.ops": 1, "tfssd.visualization": 1, "tfssd.image_check": 1,
     "tfssd.data": 2, "tfssd.model": 2, "tfssd.losses": 2, "tfssd.postprocess": 2,
     "tfssd.evaluation": 2, "tfssd.early_stopping": 2,
-    "tfssd.sagemaker_metrics": 2,
-    "tfssd.distribute": 3, "tfssd.training": 3, "tfssd.export": 3,
+    "tfssd.sagemaker_metrics": 2, "tfssd.coco_metrics": 2,
+    "tfssd.distribute": 3, "tfssd.training": 3, "tfssd.export": 3, "tfssd.tflite_export": 3,
+    "tfssd.detectors": 3, "tfssd.serving": 3, "tfssd.serving_formats": 3,
     "tfssd.command": 4, "tfssd.hyperparameters": 4,
     **{f"tfssd.{name}": 4 for name in COMMANDS},
 }
-ONLY_HYPERPARAMETERS_IMPORT_FLAGS = {"tfssd.hyperparameters",
+ONLY_HYPERPARAMETERS_IMPORT_FLAGS = {"tfssd.hyperparameters", "tfssd.command",
                                      *(f"tfssd.{name}" for name in COMMANDS)}
 
 
@@ -31,7 +32,8 @@ def group(module: str) -> str:
     for n in range(len(parts), 1, -1):
         if ".".join(parts[:n]) in LAYERS:
             return ".".join(parts[:n])
-    raise AssertionError(f"{module} is not in the module map; add it to README.md (Architecture) and here")
+    raise AssertionError(f"{module} is not in the module map; add it to README.md "
+                         "(Architecture) and here")
 
 
 def imports():
@@ -64,9 +66,11 @@ def test_imports_go_down_the_layers():
     assert not violations, "\n".join(violations)
 
 
-def test_export_never_imports_training_or_data():
+def test_deployment_never_imports_training_or_data():
+    deployment = ("tfssd.export", "tfssd.tflite_export", "tfssd.detectors", "tfssd.serving",
+                  "tfssd.serving_formats")
     for module, targets in imports():
-        if group(module) == "tfssd.export":
+        if group(module) in deployment:
             assert not [t for t in targets if t.startswith(("tfssd.training", "tfssd.data"))]
 
 
@@ -96,7 +100,7 @@ def test_from_package_imports_are_checked():
 def test_every_command_is_installed():
     setup = (PACKAGE.parent / "setup.cfg").read_text()
     for name in COMMANDS:
-        assert f"tfssd-{name} = tfssd.{name}:run" in setup, name
+        assert f"tfssd-{name.replace('_', '-')} = tfssd.{name}:run" in setup, name
         assert (PACKAGE / f"{name}.py").is_file(), name
 
 

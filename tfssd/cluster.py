@@ -7,7 +7,8 @@
 Each process gets its TF_CONFIG (free ports on 127.0.0.1). dist_sync: every worker runs
 ``python -m tfssd.train <flags> --kv_store=dist_sync``; worker 0 is the chief. dist_async: the
 chief runs the training command with --kv_store=dist_async, workers and parameter servers run
-``python -m tfssd.server``. Output is streamed with a [worker 0]-style prefix and each process's
+``python -m tfssd.cluster_server``. Output is streamed with a [worker 0]-style prefix and each
+process's
 pid is printed first. When the chief ends, the others are stopped (if it succeeded, after a grace
 period to end by themselves); Ctrl-C stops them all. The exit code is the chief's (128 + N when
 signal N killed it).
@@ -99,7 +100,7 @@ def main(argv):
     for kind, _ in roles:
         cluster.setdefault(kind, []).append(f"127.0.0.1:{next(ports)}")
     train = [sys.executable, "-m", "tfssd.train", *train_args, f"--kv_store={FLAGS.kv_store}"]
-    server = [sys.executable, "-m", "tfssd.server"]
+    server = [sys.executable, "-m", "tfssd.cluster_server"]
     chief = ("chief", 0) if asynchronous else ("worker", 0)
     processes = {}
     for kind, index in roles:
@@ -126,7 +127,7 @@ def main(argv):
 
 
 def run() -> None:
-    run_command(define_flags, main)
+    run_command(define_flags, main, tensorflow=False)
 
 
 if __name__ == "__main__":

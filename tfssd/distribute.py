@@ -181,11 +181,12 @@ def wait_for_chief(chief: str) -> None:
 
 
 def start_children(configs: list[dict]) -> list[subprocess.Popen]:
-    """Starts ``python -m tfssd.server`` with each TF_CONFIG (SageMaker dist_async hosts)."""
+    """Starts ``python -m tfssd.cluster_server`` per TF_CONFIG (SageMaker dist_async hosts)."""
     processes = []
     for config in configs:
         environ = {**os.environ, "TF_CONFIG": json.dumps(config)}
-        processes.append(subprocess.Popen([sys.executable, "-m", "tfssd.server"], env=environ))
+        processes.append(subprocess.Popen([sys.executable, "-m", "tfssd.cluster_server"],
+                                          env=environ))
         logging.info("Started %s %d (pid %d).", config["task"]["type"], config["task"]["index"],
                      processes[-1].pid)
     return processes

@@ -1,4 +1,4 @@
-"""A dist_async worker or parameter server: ``TF_CONFIG=... python -m tfssd.server``.
+"""A dist_async worker or parameter server: ``TF_CONFIG=... python -m tfssd.cluster_server``.
 
 It serves the chief named in TF_CONFIG and exits once the chief has come and gone. (The same
 happens when such a process runs ``python -m tfssd.train`` with its TF_CONFIG.)
