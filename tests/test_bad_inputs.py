@@ -342,3 +342,21 @@ def test_unexpected_errors_are_one_line_with_the_traceback_kept(tmp_path):
     assert last.startswith("tfssd-predict: unexpected error: ") and "full traceback in" in last
     log = last.split("full traceback in ")[1].split(",")[0]
     assert "Traceback" in open(log).read() and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_names_a_bad_record(exported, tmp_path):
+    good = [2, 5, 0, 0.1, 0.1, 0.5, 0.5]
+    path = _records(str(tmp_path / "long-00000-of-00001.tfrecord"),
+                    [good, [2, 5] + [0, 0.1, 0.1, 0.5, 0.5] * 80, good])
+    result = _run("-m", "tfssd.evaluate", f"--model={exported}", f"--validation={path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "(image img1.jpg) has a label of 402 floats, longer than label_width=350" in (
+        result.stderr)
+    broken = str(tmp_path / "broken-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(broken) as writer:
+        writer.write(schema.serialize_example(b"\xff\xd8\xff garbage", "jpeg", "bad.jpg", 32, 64,
+                                              np.asarray(good, np.float32)))
+    result = _run("-m", "tfssd.evaluate", f"--model={exported}", f"--validation={broken}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{broken} record 0 (image bad.jpg)" in result.stderr

@@ -88,3 +88,23 @@ def test_padded_batches_and_classes_without_ground_truth():
     assert np.isnan(result.ap_per_class[1]) and np.isnan(result.ap_per_class[2])
     assert result.ap == pytest.approx(1.0)  # class 2's detection has no ground truth to miss
     assert "AP@[.5:.95] 1.0000" in result.format(["a", "b", "c"])
+
+
+@pytest.mark.slow
+def test_training_logs_coco_metrics_to_tensorboard(shapes_tfrecords, tmp_path):
+    import dataclasses
+
+    import tensorflow as tf
+
+    from tests.test_training import tiny_config
+    from tfssd import training
+    from tfssd.distribute import Cluster
+
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, coco_metrics=True))
+    training.train(config, tf.distribute.get_strategy(), Cluster())
+    tags = set()
+    for path in tf.io.gfile.glob(str(tmp_path / "run" / "validation" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    assert {"mAP", "COCO/AP", "COCO/AP50", "COCO/AP75"} <= tags

@@ -11,7 +11,7 @@ COMMANDS = ("train", "evaluate", "predict", "convert", "inspect", "cluster", "be
 LAYERS = {
     "tfssd": 0, "tfssd.config": 0, "tfssd.hyperparameter_table": 0,
     "tfssd.sagemaker_container": 0, "tfssd.files": 0,
-    "tfssd.ops": 1, "tfssd.visualization": 1, "tfssd.image_check": 1,
+    "tfssd.ops": 1, "tfssd.visualization": 1, "tfssd.image_check": 1, "tfssd.precision": 1,
     "tfssd.data": 2, "tfssd.model": 2, "tfssd.losses": 2, "tfssd.postprocess": 2,
     "tfssd.evaluation": 2, "tfssd.early_stopping": 2,
     "tfssd.sagemaker_metrics": 2, "tfssd.coco_metrics": 2,

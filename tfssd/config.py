@@ -91,6 +91,8 @@ class TrainConfig:
     log_every_steps: int = 20
     checkpoint_every_steps: int = 0
     max_checkpoints: int = 3
+    precision: str = "float32"  # a Keras policy: float32, mixed_bfloat16 or mixed_float16
+    export_precision: str = "float32"  # the exported serving graph: float32, bfloat16, float16
 
     @property
     def global_batch_size(self) -> int:
@@ -121,6 +123,7 @@ class EvalConfig:
 
     overlap_threshold: float = 0.5
     ap_method: str = "11point"
+    coco_metrics: bool = False  # also COCO AP@[.5:.95], AP50, AP75 by size (pycocotools)
 
 
 @dataclasses.dataclass(frozen=True)

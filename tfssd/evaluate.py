@@ -10,6 +10,8 @@ SageMaker's validation:mAP line; ``coco`` prints COCO's AP@[.5:.95], AP50, AP75 
 size, computed by pycocotools.
 """
 
+import sys
+
 from absl import app, flags
 
 from tfssd.command import run_command
@@ -30,6 +32,9 @@ def define_flags() -> None:
     flags.DEFINE_enum("ap_method", "11point", ["11point", "allpoint"], "VOC AP interpolation.")
     flags.DEFINE_integer("label_width", 350, "Labels are at most this long.")
     flags.DEFINE_integer("batch_size", 16, "Images per call of the model.")
+    flags.DEFINE_bool("skip_corrupt_records", False,
+                      "Skip records whose label does not fit --label_width or is invalid, "
+                      "instead of stopping with the record named.")
     flags.DEFINE_integer("num_threads", None, ".tflite only: LiteRT's CPU threads.")
     flags.mark_flags_as_mutual_exclusive(["model", "saved_model"], required=True)
     flags.mark_flag_as_required("validation")
@@ -49,12 +54,15 @@ def main(argv):
     files = expand_files(FLAGS.validation)
     if not files:
         raise app.UsageError(f"--validation={','.join(FLAGS.validation)}: no file matches")
+    import tensorflow as tf
+
     from tfssd import detectors, sagemaker_metrics
     from tfssd.coco_metrics import COCOEvaluator
     from tfssd.data import pipeline
     from tfssd.distribute import Cluster
     from tfssd.evaluation import DetectionEvaluator
     from tfssd.image_check import inspect_image
+    from tfssd.training import errors
     from tfssd.training.validation import evaluate_batches
 
     try:
@@ -64,7 +72,8 @@ def main(argv):
     class_names = detector.class_names
     num_classes = len(class_names)
     dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=FLAGS.label_width,
-                                          batch_size=FLAGS.batch_size)
+                                          batch_size=FLAGS.batch_size,
+                                          skip_corrupt_records=FLAGS.skip_corrupt_records)
     evaluator = DetectionEvaluator(num_classes, FLAGS.overlap_threshold, FLAGS.ap_method)
     coco = COCOEvaluator(num_classes) if "coco" in FLAGS.metrics else None
 
@@ -74,8 +83,14 @@ def main(argv):
                  for data, name in zip(batch["image_bytes"].numpy(), batch["filename"].numpy())]
         coco.add_batch(detections, batch, [(info.height, info.width) for info in sizes])
 
-    result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]), evaluator,
-                              add_to_coco if coco else None)
+    try:
+        result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]),
+                                  evaluator, add_to_coco if coco else None)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        # A record the model or the pipeline cannot take: named, with what to do.
+        known = errors.data_error(e, files, "tfssd")
+        print(f"tfssd-evaluate: {known if known is not e else errors.cause(e)}", file=sys.stderr)
+        sys.exit(1)
     print(f"{detector.path}: {evaluator.num_images} images")
     if "voc" in FLAGS.metrics:
         print(f"VOC: IoU > {FLAGS.overlap_threshold}, {FLAGS.ap_method} AP")

@@ -49,6 +49,8 @@ class EvaluationResult:
     ap: np.ndarray  # float [num_classes], NaN for classes without ground truth
     num_ground_truth: np.ndarray  # int [num_classes], difficult boxes not counted
     num_detections: np.ndarray  # int [num_classes]
+    # Other figures measured alongside (name -> value), e.g. COCO's "COCO/AP50".
+    extra_metrics: dict = dataclasses.field(default_factory=dict)
 
     def format(self, class_names=None) -> str:
         lines = [f"mAP {self.mean_ap:.4f}"]

@@ -24,6 +24,7 @@ from tfssd.hyperparameter_table import (
     HyperparameterError,
     parse_hyperparameters,
 )
+from tfssd.precision import EXPORT_PRECISIONS, PRECISIONS
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -73,6 +74,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("ap_method", "11point", list(config_lib.AP_METHODS),
                       "VOC AP interpolation: 11point (VOC2007, the published SSD figures) or "
                       "allpoint (VOC2010+).", flag_values=flag_values)
+    flags.DEFINE_bool("coco_metrics", False,
+                      "Also compute COCO AP@[.5:.95], AP50, AP75 and AP by object size (through "
+                      "pycocotools) at each validation, to the log and TensorBoard.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("precision", "auto", list(PRECISIONS),
+                      "Compute precision: auto (mixed_float16 on GPUs of compute capability 7.x, "
+                      "mixed_bfloat16 on 8.0+ and on CPUs with amx_bf16 or avx512_bf16, else "
+                      "float32), or one of them. Weights and checkpoints stay float32.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("export_precision", "float32", list(EXPORT_PRECISIONS),
+                      "Precision of the exported serving graph: float32 serves anywhere; "
+                      "bfloat16 or float16 for hardware that computes them fast.",
+                      flag_values=flag_values)
     flags.DEFINE_string("sagemaker_hyperparameters", None,
                         "A SageMaker hyperparameters.json (all values strings); read "
                         "automatically inside a SageMaker container. Command-line flags win.",
@@ -162,8 +176,11 @@ def _check_options(values: Mapping[str, Any], options: Mapping[str, Any]) -> lis
 
 
 def build_config(values: Mapping[str, Any], options: Mapping[str, Any],
-                 num_workers: int = 1) -> config_lib.Config:
-    """Typed hyperparameters and tfssd options -> the frozen Config of a run."""
+                 num_workers: int = 1, precision: str = "float32") -> config_lib.Config:
+    """Typed hyperparameters and tfssd options -> the frozen Config of a run.
+
+    ``precision`` is the Keras policy ``--precision`` resolved to (tfssd/precision.py).
+    """
     train_files = expand_files(options["train"])
     class_map = options["class_map"]
     if class_map is None and train_files:
@@ -203,10 +220,13 @@ def build_config(values: Mapping[str, Any], options: Mapping[str, Any],
             init_from=options["init_from"],
             seed=options["seed"],
             log_every_steps=options["log_every_steps"],
-            checkpoint_every_steps=options["checkpoint_every_steps"]),
+            checkpoint_every_steps=options["checkpoint_every_steps"],
+            precision=precision,
+            export_precision=options["export_precision"]),
         eval=config_lib.EvalConfig(
             overlap_threshold=values["overlap_threshold"],
-            ap_method=options["ap_method"]),
+            ap_method=options["ap_method"],
+            coco_metrics=options["coco_metrics"]),
         early_stopping=config_lib.EarlyStoppingConfig(
             enabled=values["early_stopping"],
             min_epochs=values["early_stopping_min_epochs"],

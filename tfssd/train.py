@@ -58,12 +58,16 @@ def main(argv):
 
 def _train(values, options, cluster) -> None:
     # TensorFlow is imported only once the hyperparameters are known to be good.
-    from tfssd import distribute, training
+    from tfssd import distribute, precision, training
     from tfssd.model.weights import PretrainedWeightsError
 
     try:
         strategy = distribute.build_strategy(cluster, values["mini_batch_size"])
-        config = hyperparameters.build_config(values, options, num_workers=cluster.num_workers)
+        policy, why = precision.choose(options["precision"], precision.describe_hardware())
+        if cluster.is_chief:
+            logging.info("Precision: %s (%s).", policy, why)
+        config = hyperparameters.build_config(values, options, num_workers=cluster.num_workers,
+                                              precision=policy)
         training.train(config, strategy, cluster)
     except (training.TrainingError, PretrainedWeightsError, distribute.DistributionError) as e:
         logging.error("%s", e)

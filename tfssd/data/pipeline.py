@@ -141,7 +141,8 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
       skip_corrupt_records: drop examples that fail to decode or check, instead of stopping.
 
     Yields dicts of:
-      images: float32 [batch, S, S, 3], RGB in [0, 255]; or image_bytes: string [batch].
+      images: float32 [batch, S, S, 3], RGB in [0, 255], with image_sizes: int32 [batch, 2]
+        (height, width before resizing); or image_bytes: string [batch].
       gt_boxes: float32 [batch, M, 4], normalised yxyx, M = (label_width - 2) // 5.
       gt_classes: int32 [batch, M], -1 for padding.
       gt_difficult: bool [batch, M].
@@ -158,7 +159,9 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
             if image_size is None:
                 image = {"image_bytes": tf.identity(example["image_bytes"])}
             else:
-                image = {"images": resize(decode_image(example["image_bytes"]), image_size)}
+                decoded = decode_image(example["image_bytes"])
+                image = {"images": resize(decoded, image_size),
+                         "image_sizes": tf.shape(decoded)[:2]}  # (height, width) as stored
         boxes, classes, difficult = schema.label_to_objects(example["label"])
         padding = max_objects - tf.shape(classes)[0]
         return {

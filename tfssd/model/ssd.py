@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from tfssd import precision
 from tfssd.config import ModelConfig
 from tfssd.model import freezing, weights
 from tfssd.model.layers import CaffePreprocessing, L2Normalization
@@ -40,10 +41,25 @@ class SSD:
     base_network: str
     num_classes: int
     image_size: int
+    width_multiplier: float = 1.0
+    train_batch_norm: bool = False
 
     @property
     def num_anchors(self) -> int:
         return len(self.anchors)
+
+    def in_precision(self, policy: str) -> SSD:
+        """The same network with the same weights, computing in Keras policy ``policy``.
+
+        For a reduced-precision export: the weights are copied (float32 either way).
+        """
+        with precision.policy_scope(policy):
+            twin = ssd_network(self.base_network, self.num_classes, self.image_size,
+                               self.width_multiplier, self.train_batch_norm)
+        twin.model.set_weights(self.model.get_weights())
+        for source, target in zip(self.model.layers, twin.model.layers):
+            target.trainable = source.trainable
+        return twin
 
 
 def _extra_layers(x, first_index: int, width_multiplier: float) -> list[tuple[str, object]]:
@@ -82,8 +98,9 @@ def _heads(features, anchors_per_location, num_classes: int):
         cls_outputs.append(layers.Reshape((-1, num_classes + 1), name=f"mbox_conf_{name}_flat")(
             cls))
         box_outputs.append(layers.Reshape((-1, 4), name=f"mbox_loc_{name}_flat")(box))
-    cls_logits = layers.Concatenate(axis=1, name="cls_logits")(cls_outputs)
-    box_deltas = layers.Concatenate(axis=1, name="box_deltas")(box_outputs)
+    # The outputs are float32 under any precision: the loss and the decoding need its range.
+    cls_logits = layers.Concatenate(axis=1, name="cls_logits", dtype="float32")(cls_outputs)
+    box_deltas = layers.Concatenate(axis=1, name="box_deltas", dtype="float32")(box_outputs)
     return cls_logits, box_deltas
 
 
@@ -102,8 +119,9 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
     x = CaffePreprocessing(name="preprocess")(images)
     if base_network == "vgg-16":
         backbone = vgg16_features(x, width_multiplier)
-        features = [("conv4_3_norm", L2Normalization(name="conv4_3_norm")(backbone["conv4_3"])),
-                    ("fc7", backbone["fc7"])]
+        # In float32 under any precision: a sum of squares of conv4_3's large activations.
+        norm = L2Normalization(name="conv4_3_norm", dtype="float32")(backbone["conv4_3"])
+        features = [("conv4_3_norm", norm), ("fc7", backbone["fc7"])]
         features += _extra_layers(backbone["fc7"], 8, width_multiplier)
     elif base_network == "resnet-50":
         backbone = resnet50_features(x, width_multiplier, train_batch_norm)
@@ -121,7 +139,8 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
                                            aspect_ratios)
     return SSD(model=model, anchors=anchors, feature_names=tuple(n for n, _ in features),
                feature_map_sizes=sizes, base_network=base_network, num_classes=num_classes,
-               image_size=image_size)
+               image_size=image_size, width_multiplier=width_multiplier,
+               train_batch_norm=train_batch_norm)
 
 
 def build_ssd(config: ModelConfig, load_pretrained: bool = True) -> SSD:

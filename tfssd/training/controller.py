@@ -18,6 +18,8 @@ from tfssd.training.errors import TrainingError
 from tfssd.training.reporting import Reporter
 from tfssd.training.state import Checkpoints, RunState
 
+MAX_CONSECUTIVE_SKIPS = 50  # loss scaling halves its scale each time: 50 is far past recovery
+
 
 class Controller:
     """Trains from the run's current step to the end or to an early stop."""
@@ -30,11 +32,13 @@ class Controller:
         self.checkpoints = checkpoints
         self.reporter = reporter
         self.evaluate = evaluate  # () -> (EvaluationResult, drawn images); None: no validation
+        self.consecutive_skips = 0
 
     def run(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
         """Returns (the step reached, whether early stopping ended the run)."""
         cfg = self.config.train
         window: list[tuple[float, float]] = []
+        skipped = 0  # steps the loss-scaling optimizer skipped since the last report
         window_start = run_start = time.time()
         first_step = step
         while step < cfg.total_steps:
@@ -46,11 +50,13 @@ class Controller:
             log_due = step % cfg.log_every_steps == 0 or epoch_end or step == cfg.total_steps
             losses = self.runner.collect(due=log_due or checkpoint_due)
             self._check_finite(losses, step)
-            window += losses
+            window += [(cls_loss, box_loss) for cls_loss, box_loss, skip in losses if not skip]
+            skipped += sum(1 for *_, skip in losses if skip)
             if log_due:
                 run_rate = (step - first_step) / max(time.time() - run_start, 1e-9)
-                self.reporter.progress(step, window, time.time() - window_start, run_rate)
-                window, window_start = [], time.time()
+                self.reporter.progress(step, window, time.time() - window_start, run_rate,
+                                       skipped)
+                window, skipped, window_start = [], 0, time.time()
             if epoch_end:
                 self.runner.join()
                 if self._end_epoch(step // cfg.steps_per_epoch, step, early):
@@ -80,9 +86,16 @@ class Controller:
         self.checkpoints.save(step)
         return stop
 
-    def _check_finite(self, losses: list[tuple[float, float]], last_step: int) -> None:
-        for offset, (cls_loss, box_loss) in enumerate(losses):
-            if not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
+    def _check_finite(self, losses: list[tuple[float, float, float]], last_step: int) -> None:
+        """A non-finite loss stops the run, except on a step loss scaling skipped (counted)."""
+        for offset, (cls_loss, box_loss, skip) in enumerate(losses):
+            self.consecutive_skips = self.consecutive_skips + 1 if skip else 0
+            if self.consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+                raise TrainingError(
+                    f"{self.consecutive_skips} steps in a row had non-finite gradients under "
+                    "loss scaling (mixed_float16); try --precision=float32 or a lower "
+                    "--learning_rate.")
+            if not skip and not (math.isfinite(cls_loss) and math.isfinite(box_loss)):
                 step = last_step - len(losses) + offset + 1
                 kept = (f"the last good checkpoint, {self.checkpoints.latest}, is kept"
                         if self.checkpoints.latest else "no checkpoint was written yet")

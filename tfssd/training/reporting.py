@@ -66,11 +66,21 @@ class Reporter:
                             step=0)
 
     def progress(self, step: int, losses: list[tuple[float, float]], seconds: float,
-                 run_rate: float) -> None:
-        """The mean losses of the steps since the last report, their speed and the ETA."""
+                 run_rate: float, skipped: int = 0) -> None:
+        """The mean losses of the steps since the last report, their speed and the ETA.
+
+        ``skipped``: steps loss scaling skipped meanwhile (not in ``losses``).
+        """
         cfg, host = self.config.train, self.cluster.host
         epoch, batch = divmod(step - 1, cfg.steps_per_epoch)
-        images_per_s = len(losses) * cfg.global_batch_size / max(seconds, 1e-9)
+        if skipped:
+            self.log(f"step {step}: {skipped} step(s) skipped since the last report: non-finite "
+                     "gradients under loss scaling (the scale was lowered)")
+            with self.train_writer.as_default(step=step):
+                tf.summary.scalar("skipped_steps", skipped)
+        if not losses:
+            return
+        images_per_s = (len(losses) + skipped) * cfg.global_batch_size / max(seconds, 1e-9)
         mean_cls = sum(c for c, _ in losses) / len(losses)
         mean_box = sum(b for _, b in losses) / len(losses)
         learning_rate = float(self._learning_rate())
@@ -94,8 +104,14 @@ class Reporter:
                    step: int) -> None:
         self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
         self.log(f"validation after epoch {epoch}: " + result.format(self.class_names))
+        if result.extra_metrics:
+            self.log(f"validation after epoch {epoch}: " + "  ".join(
+                f"{name} {value:.4f}" for name, value in result.extra_metrics.items()))
         with self.val_writer.as_default(step=step):
             tf.summary.scalar("mAP", result.mean_ap)
+            for name, value in result.extra_metrics.items():
+                if not np.isnan(value):
+                    tf.summary.scalar(name, value)
             if len(drawn):
                 tf.summary.image("ground_truth_left_detections_right", drawn,
                                  max_outputs=SUMMARY_IMAGES)

@@ -3,7 +3,8 @@
 One runner per distribution mode, so that the outer loop (controller.py) has no mode branches:
 
 * ``SynchronousRunner``: the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy
-  (dist_sync). A step runs when called; its losses are ready at once.
+  (dist_sync). A step is dispatched when called; its losses are read only when the loop needs
+  them (logging, checkpoints, epoch ends), so that the host does not wait on every step.
 * ``ParameterServerRunner``: ParameterServerStrategy (dist_async). Steps are scheduled on the
   workers by a ClusterCoordinator and their losses fetched only when the loop needs them
   (logging, checkpoints, epoch ends), so the workers never wait on the chief.
@@ -23,21 +24,25 @@ from tfssd.losses import multibox_loss
 from tfssd.training.errors import DATA_ERRORS
 from tfssd.training.optimization import add_weight_decay, is_decayed
 
-Losses = tuple[float, float]  # (cross_entropy, smooth_l1) of one step
+Losses = tuple[float, float, float]  # (cross_entropy, smooth_l1, skipped) of one step
 
 
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, global_step: tf.Variable,
                     weight_decay: float, reduce: bool):
-    """A ``tf.function`` (distributed iterator) -> (cls_loss, box_loss) of one step.
+    """A ``tf.function`` (distributed iterator) -> (cls_loss, box_loss, skipped) of one step.
 
     The loss of the global batch is divided by its positives (at least 1), counted over all
     replicas. ``reduce``: sum the replicas' losses (synchronous strategies); otherwise each
-    worker returns its own (parameter-server training, one replica per worker).
+    worker returns its own (parameter-server training, one replica per worker). With a
+    ``keras.optimizers.LossScaleOptimizer`` (mixed_float16) the loss is scaled, and a step whose
+    gradients are not finite is skipped by the optimizer (which lowers the scale): ``skipped``
+    is 1 for such a step, else 0.
     """
     replicas = strategy.num_replicas_in_sync
     variables = model.trainable_variables
     decayed = [is_decayed(v) for v in variables]
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(images, targets):
         context = tf.distribute.get_replica_context()
@@ -50,22 +55,30 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
             cls_loss = sums.cls_loss_sum / normaliser
             box_loss = sums.box_loss_sum / normaliser
             loss = cls_loss + box_loss  # inside the tape, or it has no gradient
+            if scaled:
+                loss = optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
         if weight_decay:
-            # Gradients are summed over replicas, so each adds its share of wd * w.
-            grads = add_weight_decay(grads, variables, decayed, weight_decay / replicas)
+            # Gradients are summed over replicas, so each adds its share of wd * w (scaled as
+            # the gradients are, under loss scaling: the optimizer unscales both together).
+            rate = weight_decay / replicas * (optimizer.dynamic_scale if scaled else 1.0)
+            grads = add_weight_decay(grads, variables, decayed, rate)
+        skipped = tf.constant(0.0)
+        if scaled:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            skipped = 1.0 - tf.cast(finite, tf.float32)
         optimizer.apply_gradients(zip(grads, variables))
-        return cls_loss, box_loss
+        return cls_loss, box_loss, skipped
 
     @tf.function
     def train_step(iterator):
         images, targets = next(iterator)
-        cls_loss, box_loss = strategy.run(replica_step, args=(images, targets))
+        cls_loss, box_loss, skipped = strategy.run(replica_step, args=(images, targets))
         global_step.assign_add(1)  # atomic: async workers lose no increment
         if not reduce:
-            return cls_loss, box_loss
+            return cls_loss, box_loss, skipped
         total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
-        return total(cls_loss), total(box_loss)
+        return total(cls_loss), total(box_loss), tf.minimum(total(skipped), 1.0)
 
     return train_step
 
@@ -96,8 +109,9 @@ class SynchronousRunner:
             raise self._translate(e) from None
 
     def collect(self, due: bool) -> list[Losses]:
-        """The losses of the steps run since the last call (every step's, here)."""
-        del due  # a synchronous step's losses are ready anyway
+        """The losses of the steps run since the last fetch, fetched only when ``due``."""
+        if not due:
+            return []
         try:
             losses = [tuple(float(x) for x in h) for h in self._pending]
         except DATA_ERRORS as e:

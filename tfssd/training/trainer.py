@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfssd import export
+from tfssd import export, precision
 from tfssd.config import Config
 from tfssd.data import conversion, pipeline, schema
 from tfssd.distribute import Cluster
@@ -94,16 +94,21 @@ class Trainer:
         with strategy.scope():
             # Weights come from this run's checkpoint, else --init_from, else ImageNet or scratch.
             try:
-                self.ssd: SSD = build_ssd(config.model,
-                                          load_pretrained=not (resume_from or init_from))
+                with precision.policy_scope(cfg.precision):  # weights stay float32
+                    self.ssd: SSD = build_ssd(config.model,
+                                              load_pretrained=not (resume_from or init_from))
             except FreezePatternError as e:
                 raise TrainingError(f"--{e}") from None
             self.model = self.ssd.model
-            self.optimizer = optimization.build_optimizer(cfg.optimizer, self._learning_rate,
-                                                          cfg.momentum)
+            optimizer = optimization.build_optimizer(cfg.optimizer, self._learning_rate,
+                                                     cfg.momentum)
+            # float16 needs the loss scaled; the checkpoint holds the inner optimizer alone, so
+            # that a run resumes under any precision.
+            self.optimizer = (keras.optimizers.LossScaleOptimizer(optimizer)
+                              if precision.uses_loss_scaling(cfg.precision) else optimizer)
             self.optimizer.build(self.model.trainable_variables)
         state.check_run_file(cfg.model_dir, geometry, self.class_names, write=cluster.is_chief)
-        self.checkpoints = state.Checkpoints(self.model, self.optimizer, self.state,
+        self.checkpoints = state.Checkpoints(self.model, optimizer, self.state,
                                              self.model_dir, cfg.max_checkpoints)
         self.reporter = Reporter(config, cluster, self.model_dir, self.class_names,
                                  self._learning_rate)
@@ -258,15 +263,18 @@ class Trainer:
                               "version written).")
         elif self.cluster.is_chief:
             model = self.config.model
+            served = self.ssd if cfg.export_precision == "float32" else self.ssd.in_precision(
+                f"mixed_{cfg.export_precision}")
             export_path = export.export_saved_model(
-                self.model, self.ssd.anchors, cfg.resolved_export_dir,
+                served.model, self.ssd.anchors, cfg.resolved_export_dir,
                 image_size=model.image_size, class_names=self.class_names,
                 nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
                 max_detections=model.max_detections)
             self.reporter.log(
                 f"Done: {step // cfg.steps_per_epoch} epochs ({step} steps)"
                 f"{', stopped early' if stopped_early else ''}. Exported {chosen} to "
-                f"{export_path}. Checkpoints and TensorBoard logs: {cfg.model_dir} "
+                f"{export_path} ({cfg.export_precision}). Checkpoints and TensorBoard logs: "
+                f"{cfg.model_dir} "
                 f"(tensorboard --logdir {cfg.model_dir}).")
         if self.cluster.mode == "sync":
             logging.info("Worker %d final weights digest %s.", self.cluster.task_id,

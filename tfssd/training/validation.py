@@ -8,12 +8,14 @@ exported SavedModel on the encoded images, as a deployment would see them. Both 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
 
 from tfssd import visualization
+from tfssd.coco_metrics import COCOEvaluator
 from tfssd.config import Config
 from tfssd.data import pipeline, schema
 from tfssd.evaluation import DetectionEvaluator, EvaluationResult
@@ -96,16 +98,25 @@ class Validator:
             label_width=data.label_width, batch_size=self.config.train.mini_batch_size,
             input_format=self.input_format, skip_corrupt_records=data.skip_corrupt_records)
         drawn = []
+        coco = COCOEvaluator(self.config.model.num_classes) if (
+            self.config.eval.coco_metrics) else None
 
-        def draw(batch, detections):
+        def on_batch(batch, detections):
             if len(drawn) < SUMMARY_IMAGES:
                 drawn.extend(self._draw(batch, detections, SUMMARY_IMAGES - len(drawn)))
+            if coco:
+                coco.add_batch(detections, batch, batch["image_sizes"].numpy())
 
         try:
             result = evaluate_batches(dataset, lambda batch: self._detect(batch["images"]),
-                                      evaluator, draw)
+                                      evaluator, on_batch)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             raise self._translate(e, data.validation_files) from None
+        if coco:
+            stats = coco.result().stats
+            result = dataclasses.replace(result, extra_metrics={
+                f"COCO/{name}": stats[name] for name in ("AP", "AP50", "AP75", "AP_small",
+                                                         "AP_medium", "AP_large")})
         return result, np.stack(drawn) if drawn else np.zeros((0, 1, 1, 3), np.uint8)
 
     def _draw(self, batch, detections, count: int) -> list[np.ndarray]:
