@@ -83,18 +83,50 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
     return train_step
 
 
-class SynchronousRunner:
-    """Runs each step as it is asked for, under a synchronous strategy."""
+class _Runner:
+    """Dispatches steps and hands their losses back when the loop asks (``due``)."""
 
     reduce = True  # make_train_step's setting for this runner
 
     def __init__(self, strategy: tf.distribute.Strategy,
                  translate: Callable[[Exception], Exception]):
         self.strategy = strategy
-        self._translate = translate
+        self._translate = translate  # a bad-data error -> a clear one
         self._iterator = None
         self._step_fn = None
-        self._pending: list = []
+        self._pending: list = []  # the handles of the steps dispatched since the last fetch
+
+    def _dispatch(self):
+        """Starts one step; returns a handle to its losses."""
+        raise NotImplementedError
+
+    def _values(self, handle) -> tuple:
+        """The losses a handle stands for (waits for them)."""
+        raise NotImplementedError
+
+    def run_step(self) -> None:
+        try:
+            self._pending.append(self._dispatch())
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+
+    def collect(self, due: bool) -> list[Losses]:
+        """The losses of the steps dispatched since the last fetch, fetched only when ``due``."""
+        if not due:
+            return []
+        try:
+            losses = [tuple(float(x) for x in self._values(h)) for h in self._pending]
+        except DATA_ERRORS as e:
+            raise self._translate(e) from None
+        self._pending = []
+        return losses
+
+    def join(self) -> None:
+        """Waits until every step dispatched so far has run."""
+
+
+class SynchronousRunner(_Runner):
+    """Runs each step as it is asked for, under a synchronous strategy."""
 
     def start(self, step_fn, build_dataset, seed: int, start_sample: int) -> None:
         """Readies the data stream from global example ``start_sample`` (a resumed run's place)."""
@@ -102,40 +134,22 @@ class SynchronousRunner:
         self._iterator = iter(self.strategy.distribute_datasets_from_function(
             lambda context: build_dataset(context, seed, start_sample)))
 
-    def run_step(self) -> None:
-        try:
-            self._pending.append(self._step_fn(self._iterator))
-        except DATA_ERRORS as e:
-            raise self._translate(e) from None
+    def _dispatch(self):
+        return self._step_fn(self._iterator)
 
-    def collect(self, due: bool) -> list[Losses]:
-        """The losses of the steps run since the last fetch, fetched only when ``due``."""
-        if not due:
-            return []
-        try:
-            losses = [tuple(float(x) for x in h) for h in self._pending]
-        except DATA_ERRORS as e:
-            raise self._translate(e) from None
-        self._pending = []
-        return losses
-
-    def join(self) -> None:
-        """Waits for every step run so far (they are done already)."""
+    def _values(self, handle) -> tuple:
+        return handle
 
 
-class ParameterServerRunner:
+class ParameterServerRunner(_Runner):
     """Schedules steps on the workers of a ParameterServerStrategy through a ClusterCoordinator."""
 
     reduce = False
 
     def __init__(self, strategy: tf.distribute.Strategy,
                  translate: Callable[[Exception], Exception]):
-        self.strategy = strategy
+        super().__init__(strategy, translate)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-        self._translate = translate
-        self._iterator = None
-        self._step_fn = None
-        self._pending: list = []
 
     def start(self, step_fn, build_dataset, seed: int, start_sample: int) -> None:
         """Readies each worker's own stream; asynchronous training keeps no data position."""
@@ -155,26 +169,13 @@ class ParameterServerRunner:
 
         self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
 
-    def run_step(self) -> None:
-        try:
-            self._pending.append(self.coordinator.schedule(self._step_fn,
-                                                           args=(self._iterator,)))
-        except DATA_ERRORS as e:
-            raise self._translate(e) from None
+    def _dispatch(self):
+        return self.coordinator.schedule(self._step_fn, args=(self._iterator,))
 
-    def collect(self, due: bool) -> list[Losses]:
-        """The losses of the steps scheduled since the last fetch, fetched only when ``due``."""
-        if not due:
-            return []
-        try:
-            losses = [tuple(float(x) for x in h.fetch()) for h in self._pending]
-        except DATA_ERRORS as e:
-            raise self._translate(e) from None
-        self._pending = []
-        return losses
+    def _values(self, handle) -> tuple:
+        return handle.fetch()
 
     def join(self) -> None:
-        """Waits until every scheduled step has run."""
         self.coordinator.join()
 
 
