@@ -17,7 +17,7 @@ LAYERS = {
     "tfssd.sagemaker_metrics": 2, "tfssd.coco_metrics": 2,
     "tfssd.distribute": 3, "tfssd.training": 3, "tfssd.export": 3, "tfssd.tflite_export": 3,
     "tfssd.detectors": 3, "tfssd.serving": 3, "tfssd.serving_formats": 3,
-    "tfssd.command": 4, "tfssd.hyperparameters": 4,
+    "tfssd.command": 4, "tfssd.hyperparameters": 4, "tfssd.benchmark_workers": 4,
     **{f"tfssd.{name}": 4 for name in COMMANDS},
 }
 ONLY_HYPERPARAMETERS_IMPORT_FLAGS = {"tfssd.hyperparameters", "tfssd.command",
