@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.data import format_writers as fw
+from tests.data.test_formats import _records
 from tfssd.data import conversion, schema, voc, yolo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,18 +24,6 @@ def dataset(tmp_path):
     root = tmp_path / "yolo"
     fw.write_yolo(fw.tiny_dataset(str(tmp_path / "pictures")), str(root))
     return root, str(root / "images"), str(root / "labels")
-
-
-def _records(prefix):
-    """Every feature of every record written under ``prefix``, as plain lists."""
-    records = []
-    for path in sorted(glob.glob(prefix + "-*.tfrecord")):
-        for serialized in tf.data.TFRecordDataset(path):
-            example = tf.train.Example.FromString(serialized.numpy())
-            records.append({key: (list(value.bytes_list.value) or list(value.float_list.value)
-                                  or list(value.int64_list.value))
-                            for key, value in example.features.feature.items()})
-    return records
 
 
 def _labels(prefix):
