@@ -16,8 +16,8 @@ tfssd-convert --format=voc --voc_dir="$out/voc" --split=val --output="$out/data/
 tfssd-train --flagfile=flags/demo_shapes_cpu.flags \
     --num_training_samples=$train_images --epochs=$epochs --lr_scheduler_step=10 \
     --train="$out/data/train-*" --validation="$out/data/val-*" --model_dir="$out/model"
-tfssd-evaluate --saved_model="$out/model/export" --validation="$out/data/val-*"
-tfssd-predict --saved_model="$out/model/export" --output_dir="$out/predictions" \
+tfssd-evaluate --model="$out/model/export" --validation="$out/data/val-*"
+tfssd-predict --model="$out/model/export" --output_dir="$out/predictions" \
     "$out"/voc/JPEGImages/shapes_0040{0,1,2}.jpg
 set +x
 echo "Predictions drawn in $out/predictions/*.png; TensorBoard: tensorboard --logdir $out/model"
