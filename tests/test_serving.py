@@ -11,8 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -47,13 +46,16 @@ def _b64(data: bytes) -> str:
 
 def call(url: str, method: str = "GET", body: bytes | None = None,
          content_type: str | None = None) -> tuple[int, dict, bytes]:
+    """One request to the test's own server on 127.0.0.1: (status, headers, body)."""
     headers = {"Content-Type": content_type} if content_type else {}
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        connection.request(method, parts.path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
 
 
 def post_json(url: str, document, content_type: str = "application/json"):

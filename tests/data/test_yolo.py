@@ -46,11 +46,17 @@ def _image(path, width=64, height=32, fmt="JPEG"):
     Image.new("RGB", (width, height), (30, 120, 200)).save(path, format=fmt)
 
 
-def test_golden_box_and_polygon(tmp_path):
+def _folders_with_one_image(tmp_path):
+    """images/ holding a.jpg (64 x 32) and an empty labels/."""
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
     _image(images / "a.jpg", 64, 32)
+    return images, labels
+
+
+def test_golden_box_and_polygon(tmp_path):
+    images, labels = _folders_with_one_image(tmp_path)
     # Centre (24, 16) px, size 32 x 24 px of a 64 x 32 image -> corners (8, 4)-(40, 28) px.
     # The polygon (32, 0), (64, 16), (32, 32) px has the bounding box (32, 0)-(64, 32) px.
     (labels / "a.txt").write_text("0 0.375 0.5 0.5 0.75\n\n1 0.5 0 1 0.5 0.5 1\n")
@@ -130,10 +136,7 @@ def test_only_the_first_bad_line_is_shown_with_a_count(tmp_path, dataset):
 
 
 def test_rounding_outside_the_image_is_clipped(tmp_path):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    _image(images / "a.jpg", 64, 32)
+    images, labels = _folders_with_one_image(tmp_path)
     (labels / "a.txt").write_text("1 0.5 0.5 1.0008 0.5\n0 0.5 0.5 1.0 0.0\n")
     (item,) = yolo.read_yolo(str(images), str(labels))
     assert item.error is None and item.normalized_boxes
