@@ -19,13 +19,14 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.test_training import tiny_config
-from tfssd import export, training
+from tfssd import training
 from tfssd.data import conversion, schema
-from tfssd.distribute import Cluster
-from tfssd.image_check import ImageError, inspect_image
+from tfssd.deploy import saved_model as export
 from tfssd.model.ssd import ssd_network
+from tfssd.ops.image_check import ImageError, inspect_image
 from tfssd.ops.image_ops import declared_pixels, decode_image_within
 from tfssd.training import state
+from tfssd.training.distribution import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,7 +214,7 @@ def test_label_beyond_label_width_stops_with_the_width_to_use(tmp_path, shapes_t
     crowd = [2, 5] + [0, 0.1, 0.1, 0.2, 0.2] * 80  # 402 floats
     path = _records(str(tmp_path / "crowd-00000-of-00001.tfrecord"), [crowd] * 4)
     train = os.path.join(shapes_tfrecords["dir"], "train-*")
-    result = _run("-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",
+    result = _run("-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=8",
                   "--mini_batch_size=4", "--epochs=1", "--use_pretrained_model=0",
                   "--width_multiplier=0.0625", f"--train={train},{path}",
                   f"--model_dir={tmp_path}/run", "--seed=0", "--image_shape=300")
@@ -253,14 +254,14 @@ def test_validation_without_ground_truth_is_not_measured(tmp_path, shapes_tfreco
 def test_classes_without_ground_truth_are_counted(tmp_path):
     path = _records(str(tmp_path / "v-00000-of-00001.tfrecord"),
                     [[2, 5, 0, 0.1, 0.1, 0.5, 0.5], [2, 6, 2, 0.1, 0.1, 0.5, 0.5, 1]])
-    from tfssd.training.validation import ground_truth_per_class
+    from tfssd.evaluation.validation import ground_truth_per_class
     assert ground_truth_per_class((path,), "tfssd", 3).tolist() == [1, 0, 0]  # difficult: 0
 
 
 @pytest.mark.slow
 def test_flags_and_class_map_errors_are_one_line(tmp_path, shapes_tfrecords):
     train = os.path.join(shapes_tfrecords["dir"], "train-*")
-    common = ["-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",
+    common = ["-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=8",
               "--use_pretrained_model=0", "--width_multiplier=0.0625", f"--train={train}",
               f"--model_dir={tmp_path}/run"]
     result = _run(*common, "--freeze_layer_pattern=^nothing_like_this")
@@ -306,7 +307,7 @@ def exported(tmp_path_factory):
 @pytest.mark.slow
 def test_predict_names_bad_files_and_predicts_the_others(corpus, exported, tmp_path):
     names = ["good.jpg", "empty.jpg", "text.jpg", "truncated.jpg", "huge.png", "alpha.png"]
-    result = _run("-m", "tfssd.predict", f"--saved_model={exported}", "--draw_threshold=1.0",
+    result = _run("-m", "tfssd.cli.predict", f"--saved_model={exported}", "--draw_threshold=1.0",
                   f"--output_dir={tmp_path}", *[corpus[n] for n in names])
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -336,7 +337,7 @@ def test_unexpected_errors_are_one_line_with_the_traceback_kept(tmp_path):
     (bogus / "1").mkdir(parents=True)
     (bogus / "1" / "saved_model.pb").write_bytes(b"garbage")
     (tmp_path / "x.jpg").write_bytes(_encoded())
-    result = _run("-m", "tfssd.predict", f"--saved_model={bogus}", str(tmp_path / "x.jpg"))
+    result = _run("-m", "tfssd.cli.predict", f"--saved_model={bogus}", str(tmp_path / "x.jpg"))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("tfssd-predict: unexpected error: ") and "full traceback in" in last
@@ -349,7 +350,7 @@ def test_evaluate_names_a_bad_record(exported, tmp_path):
     good = [2, 5, 0, 0.1, 0.1, 0.5, 0.5]
     path = _records(str(tmp_path / "long-00000-of-00001.tfrecord"),
                     [good, [2, 5] + [0, 0.1, 0.1, 0.5, 0.5] * 80, good])
-    result = _run("-m", "tfssd.evaluate", f"--model={exported}", f"--validation={path}")
+    result = _run("-m", "tfssd.cli.evaluate", f"--model={exported}", f"--validation={path}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "(image img1.jpg) has a label of 402 floats, longer than label_width=350" in (
         result.stderr)
@@ -357,6 +358,6 @@ def test_evaluate_names_a_bad_record(exported, tmp_path):
     with tf.io.TFRecordWriter(broken) as writer:
         writer.write(schema.serialize_example(b"\xff\xd8\xff garbage", "jpeg", "bad.jpg", 32, 64,
                                               np.asarray(good, np.float32)))
-    result = _run("-m", "tfssd.evaluate", f"--model={exported}", f"--validation={broken}")
+    result = _run("-m", "tfssd.cli.evaluate", f"--model={exported}", f"--validation={broken}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{broken} record 0 (image bad.jpg)" in result.stderr

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tfssd.benchmark import BENCH_MISSING, Member, _ratios
+from tfssd.cli.benchmark import BENCH_MISSING, Member, _ratios
 
 TINY = ["--width_multiplier=0.0625", "--image_shape=300", "--mini_batch_size=2", "--steps=1",
         "--warmup_steps=1", "--inference_steps=1", "--rounds=1", "--precision=float32",
@@ -17,7 +17,7 @@ FIGURE = re.compile(r"^(train step|input pipeline|end to end|inference batch \d+
 
 @pytest.mark.slow
 def test_every_figure_is_printed_with_positive_numbers():
-    result = subprocess.run([sys.executable, "-m", "tfssd.benchmark", *TINY],
+    result = subprocess.run([sys.executable, "-m", "tfssd.cli.benchmark", *TINY],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = {figure: numbers for figure, *numbers in FIGURE.findall(result.stdout)}
@@ -34,7 +34,7 @@ def test_compare_without_torch_is_one_line_naming_the_extra():
     # torch hidden from this process only (sys.modules entries of None make it unimportable).
     hidden = ("import sys; sys.modules['torch'] = sys.modules['torchvision'] = None; "
               "sys.argv = ['tfssd-benchmark', '--compare=torchvision']; "
-              "from tfssd import benchmark; benchmark.run()")
+              "from tfssd.cli import benchmark; benchmark.run()")
     result = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from tfssd.sagemaker_metrics import METRIC_REGEXES
+from tfssd.training.sagemaker_metrics import METRIC_REGEXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,12 +26,12 @@ def run(*argv, timeout=600):
 def trained(shapes_voc, tmp_path_factory):
     work = tmp_path_factory.mktemp("cli")
     for split, prefix in (("train", "train"), ("val", "val")):
-        converted = run("-m", "tfssd.convert", "--format=voc", f"--voc_dir={shapes_voc}",
+        converted = run("-m", "tfssd.cli.convert", "--format=voc", f"--voc_dir={shapes_voc}",
                         f"--split={split}",
                         f"--output={work}/data/{prefix}")
         assert re.search(r"images: \d+ read, \d+ written, 0 skipped", converted.stdout)
     model_dir = work / "run"
-    result = run("-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",
+    result = run("-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=8",
                  "--mini_batch_size=4", "--epochs=2", "--use_pretrained_model=0",
                  "--width_multiplier=0.0625", f"--train={work}/data/train-*",
                  f"--validation={work}/data/val-*", f"--model_dir={model_dir}",
@@ -53,7 +53,7 @@ def test_train_writes_sagemaker_metrics_and_an_export(trained):
 @pytest.mark.slow
 def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_path):
     images = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[:2]
-    result = run("-m", "tfssd.predict", f"--saved_model={trained['model_dir']}/export",
+    result = run("-m", "tfssd.cli.predict", f"--saved_model={trained['model_dir']}/export",
                  f"--output_dir={tmp_path}", "--draw_threshold=0", *images)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 2
@@ -71,7 +71,7 @@ def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_p
 
 @pytest.mark.slow
 def test_evaluate_the_exported_model(trained):
-    result = run("-m", "tfssd.evaluate", f"--saved_model={trained['model_dir']}/export",
+    result = run("-m", "tfssd.cli.evaluate", f"--saved_model={trained['model_dir']}/export",
                  f"--validation={trained['work']}/data/val-*")
     assert re.search(METRIC_REGEXES["validation:mAP"], result.stdout)
     assert "circle" in result.stdout and "8 images" in result.stdout

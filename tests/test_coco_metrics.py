@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tfssd.coco_metrics import COCOEvaluator, to_coco_boxes
+from tfssd.evaluation.coco_ap import COCOEvaluator, to_coco_boxes
 
 LARGE = np.array([0.25, 0.25, 0.75, 0.75])  # 100 x 100 px on a 200 x 200 image: "large"
 SMALL = np.array([0.0, 0.0, 0.1, 0.1])  # 20 x 20 px there: "small"
@@ -98,7 +98,7 @@ def test_training_logs_coco_metrics_to_tensorboard(shapes_tfrecords, tmp_path):
 
     from tests.test_training import tiny_config
     from tfssd import training
-    from tfssd.distribute import Cluster
+    from tfssd.training.distribution import Cluster
 
     config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, coco_metrics=True))

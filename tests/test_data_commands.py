@@ -46,7 +46,7 @@ def sources(tmp_path_factory):
 ])
 def test_convert_each_format(sources, tmp_path, name, arguments):
     tmp, images = sources
-    result = run("-m", "tfssd.convert", *[a.format(t=tmp, i=images) for a in arguments],
+    result = run("-m", "tfssd.cli.convert", *[a.format(t=tmp, i=images) for a in arguments],
                  f"--output={tmp_path}/data/train")
     assert "images: 3 read, 3 written, 0 skipped" in result.stdout
     assert re.search(r"boxes written: 3 \(0 marked difficult\)", result.stdout)
@@ -57,10 +57,11 @@ def test_convert_each_format(sources, tmp_path, name, arguments):
 @pytest.mark.slow
 def test_convert_reports_usage_errors(sources, tmp_path):
     tmp, _ = sources
-    result = run("-m", "tfssd.convert", "--format=coco", f"--output={tmp_path}/x", check=False)
+    result = run("-m", "tfssd.cli.convert", "--format=coco", f"--output={tmp_path}/x", check=False)
     assert result.returncode != 0 and "--format=coco needs --coco_json and --images_dir" in (
         result.stdout + result.stderr)
-    result = run("-m", "tfssd.convert", "--format=voc", f"--annotations_dir={tmp}/voc/Annotations",
+    result = run("-m", "tfssd.cli.convert", "--format=voc",
+                 f"--annotations_dir={tmp}/voc/Annotations",
                  f"--images_dir={tmp}/nowhere", f"--output={tmp_path}/x", check=False)
     assert "--images_dir=" in result.stderr and "no such file or directory" in result.stderr
 
@@ -70,7 +71,7 @@ def test_strict_conversion_fails_with_the_item_named(sources, tmp_path):
     tmp, images = sources
     (tmp / "broken.lst").write_text((tmp / "train.lst").read_text().replace("img1.jpg",
                                                                             "missing.jpg"))
-    result = run("-m", "tfssd.convert", "--format=lst", f"--lst={tmp}/broken.lst",
+    result = run("-m", "tfssd.cli.convert", "--format=lst", f"--lst={tmp}/broken.lst",
                  f"--images_root={images}", f"--output={tmp_path}/data/t", "--strict",
                  check=False)
     assert result.returncode == 1
@@ -81,7 +82,7 @@ def test_strict_conversion_fails_with_the_item_named(sources, tmp_path):
 @pytest.mark.slow
 def test_inspect_tfrecord(shapes_tfrecords, tmp_path):
     grid = tmp_path / "grid.png"
-    result = run("-m", "tfssd.inspect", f"--input={shapes_tfrecords['dir']}/train-*",
+    result = run("-m", "tfssd.cli.inspect_data", f"--input={shapes_tfrecords['dir']}/train-*",
                  f"--grid={grid}", "--grid_images=4", "--decode")
     assert "records: 24" in result.stdout and "tfssd schema" in result.stdout
     assert re.search(r"\s0 circle\s+\d+", result.stdout)

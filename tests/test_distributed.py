@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from tfssd import distribute
+from tfssd.training import distribution as distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = ("-m", "tfssd.cluster")  # tfssd-cluster
+LAUNCHER = ("-m", "tfssd.cli.local_cluster")  # tfssd-cluster
 DIGEST = re.compile(r"Worker (\d) final weights digest (\w+)")
 STEP = re.compile(r"epoch (\d+)/\d+ step (\d+)/(\d+) loss (\S+)")
 
@@ -110,7 +110,7 @@ def test_dist_sync_workers_agree_and_match_one_process(shapes_tfrecords, tmp_pat
     assert result.returncode == 0, result.stdout[-3000:]
     digests = dict(DIGEST.findall(result.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # bit-identical
-    single = subprocess.run([sys.executable, "-m", "tfssd.train",
+    single = subprocess.run([sys.executable, "-m", "tfssd.cli.train",
                              *_flags(shapes_tfrecords, tmp_path / "single", *common,
                                      "--mini_batch_size=4")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)

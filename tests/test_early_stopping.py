@@ -1,6 +1,6 @@
 """SageMaker's early stopping on scripted mAP sequences."""
 
-from tfssd.early_stopping import EarlyStopping
+from tfssd.training.early_stopping import EarlyStopping
 
 
 def run(scores, min_epochs=1, patience=2, tolerance=0.0):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfssd.evaluation import DetectionEvaluator, average_precision
+from tfssd.evaluation.voc_ap import DetectionEvaluator, average_precision
 
 BOX = np.array([0.1, 0.1, 0.4, 0.4])
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfssd import export
+from tfssd.deploy import saved_model as export
 from tfssd.model.ssd import ssd_network
 
 

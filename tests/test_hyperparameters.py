@@ -8,13 +8,15 @@ import sys
 import pytest
 from absl import flags
 
-from tfssd import hyperparameters as hp
+from tfssd.cli import hyperparameter_flags as hp
+from tfssd.config import factory
+from tfssd.config.hyperparameters import HYPERPARAMETERS, HyperparameterError, parse_hyperparameters
 
 REQUIRED = {"num_classes": "20", "num_training_samples": "16551"}
 
 
 def parse(**raw):
-    return hp.parse_hyperparameters({**REQUIRED, **raw})
+    return parse_hyperparameters({**REQUIRED, **raw})
 
 
 def errors_of(**raw):
@@ -73,7 +75,7 @@ def test_messages_name_flag_value_and_allowed():
 
 
 def test_required_values():
-    errors = hp.parse_hyperparameters({})[1]
+    errors = parse_hyperparameters({})[1]
     assert errors == ["num_classes: required, expected a positive integer",
                       "num_training_samples: required, expected a positive integer"]
 
@@ -145,7 +147,7 @@ def test_command_line_wins_over_json(flag_values, train_file, tmp_path):
 def test_json_errors_and_unknown_names(flag_values, train_file, tmp_path):
     path = tmp_path / "hyperparameters.json"
     path.write_text(json.dumps({**REQUIRED, "epochs": "zero", "bogus": "1"}))
-    with pytest.raises(hp.HyperparameterError) as raised:
+    with pytest.raises(HyperparameterError) as raised:
         resolve(flag_values, [f"--sagemaker_hyperparameters={path}", f"--train={train_file}"])
     assert any(e.startswith("epochs='zero'") for e in raised.value.errors)
     assert any(e.startswith("bogus (from") for e in raised.value.errors)
@@ -167,13 +169,13 @@ def test_sagemaker_container_environment(flag_values, tmp_path):
     assert values["num_classes"] == 20
     assert options["train"] == [str(channels["train"])]
     assert options["export_dir"] == str(tmp_path / "model")
-    config = hp.build_config(values, options)
+    config = factory.build_config(values, options)
     assert config.data.train_files == (str(channels["train"] / "part-0.tfrecord"),)
     assert len(config.data.validation_files) == 1
 
 
 def test_option_rules(flag_values, train_file):
-    with pytest.raises(hp.HyperparameterError) as raised:
+    with pytest.raises(HyperparameterError) as raised:
         resolve(flag_values, ["--num_classes=3", "--num_training_samples=10",
                               "--width_multiplier=0.5", "--early_stopping=True",
                               "--train=/nonexistent/*.tfrecord"])
@@ -188,7 +190,7 @@ def test_config_derived_values(flag_values, train_file):
     values, options = resolve(flag_values, ["--num_classes=3", "--num_training_samples=100",
                                             "--mini_batch_size=8", "--epochs=12",
                                             "--lr_scheduler_step=4,8", f"--train={train_file}"])
-    config = hp.build_config(values, options, num_workers=2)
+    config = factory.build_config(values, options, num_workers=2)
     assert config.train.global_batch_size == 16
     assert config.train.steps_per_epoch == 7  # ceil(100 / 16)
     assert config.train.total_steps == 84
@@ -197,7 +199,7 @@ def test_config_derived_values(flag_values, train_file):
 
 
 def _run_train(*argv):
-    return subprocess.run([sys.executable, "-m", "tfssd.train", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tfssd.cli.train", *argv], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -205,7 +207,7 @@ def test_helpfull_lists_every_hyperparameter_with_its_default():
     result = _run_train("--helpfull")  # absl exits 1 after printing help
     text = result.stdout
     assert "Trains an SSD detector" in text
-    for h in hp.HYPERPARAMETERS:
+    for h in HYPERPARAMETERS:
         assert f"--{h.name}:" in text, h.name
         if h.default is not None:
             assert f"(default: '{h.default}')" in text.split(f"--{h.name}:")[1].split("--")[0]
@@ -225,8 +227,8 @@ def test_bad_values_stop_the_command_before_tensorflow():
 def test_validation_imports_no_tensorflow():
     code = ("import sys\n"
             "from absl import app\n"
-            "from tfssd import hyperparameters, train\n"
-            "hyperparameters.define_flags()\n"
+            "from tfssd.cli import hyperparameter_flags, train\n"
+            "hyperparameter_flags.define_flags()\n"
             "try:\n"
             "    app.run(train.main, argv=['train', '--num_classes=0'])\n"
             "except SystemExit:\n"

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tfssd.losses import multibox_loss, smooth_l1
+from tfssd.model.losses import multibox_loss, smooth_l1
 
 
 def test_smooth_l1_hand_computed():

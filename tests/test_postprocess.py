@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from tfssd.model.postprocess import postprocess
 from tfssd.ops import box_coder
-from tfssd.postprocess import postprocess
 
 ANCHORS = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9],
                     [0.0, 0.0, 1.0, 1.0]], np.float32)

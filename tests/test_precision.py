@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 
 from tests.test_training import tiny_config
-from tfssd import export, training
+from tfssd import training
+from tfssd.config.precision import Hardware, choose
 from tfssd.data import schema
-from tfssd.distribute import Cluster
-from tfssd.precision import Hardware, choose
+from tfssd.deploy import saved_model as export
+from tfssd.training.distribution import Cluster
 
 V100 = ("Tesla V100", (7, 0))
 T4 = ("Tesla T4", (7, 5))

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from tests.test_training import tiny_config
 from tfssd import training
-from tfssd.distribute import Cluster
-from tfssd.evaluation import EvaluationResult
+from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.training import runners
+from tfssd.training.distribution import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) \(cross_entropy (\S+), "
@@ -25,7 +25,7 @@ STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) \(cross_entro
 
 
 def _command(files, model_dir):
-    return [sys.executable, "-m", "tfssd.train", "--num_classes=3", "--num_training_samples=16",
+    return [sys.executable, "-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=16",
             "--mini_batch_size=2", "--epochs=2", "--use_pretrained_model=0",
             "--width_multiplier=0.0625", f"--train={files}", f"--model_dir={model_dir}",
             "--log_every_steps=1", "--checkpoint_every_steps=3", "--seed=4", "--optimizer=sgd"]

@@ -19,7 +19,11 @@ import tensorflow as tf
 from absl import app
 from PIL import Image
 
-from tfssd import export, load, serve, serving, serving_formats
+from tfssd.cli import load_test as load
+from tfssd.cli import serve
+from tfssd.deploy import contracts as serving_formats
+from tfssd.deploy import saved_model as export
+from tfssd.deploy import server as serving
 from tfssd.model.ssd import ssd_network
 
 SERVE_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -104,7 +108,7 @@ def served(tmp_path_factory):
                                     "PATH": os.path.dirname(sys.executable) + os.pathsep
                                     + os.environ.get("PATH", "")},
                                log_path=str(work / "small.log"), command=["sh", SERVE_SCRIPT])
-    predicted = subprocess.Popen([sys.executable, "-m", "tfssd.predict",
+    predicted = subprocess.Popen([sys.executable, "-m", "tfssd.cli.predict",
                                   f"--saved_model={work / 'export'}", *paths],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

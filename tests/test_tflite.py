@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfssd import detectors, export, tflite_export
+from tfssd.deploy import detector as detectors
+from tfssd.deploy import saved_model as export
+from tfssd.deploy import tflite as tflite_export
+from tfssd.deploy import trained_ssd
 from tfssd.model.ssd import ssd_network
 from tfssd.ops.image_ops import decode_image, resize
-from tfssd.sagemaker_metrics import METRIC_REGEXES
+from tfssd.training.sagemaker_metrics import METRIC_REGEXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128
@@ -77,7 +80,7 @@ def exported(tmp_path_factory):
     work = tmp_path_factory.mktemp("tflite")
     saved_model = export.export_saved_model(ssd.model, ssd.anchors, str(work / "export"),
                                             image_size=SIZE, class_names=CLASSES, **SETTINGS)
-    trained = tflite_export.load_trained_ssd(str(work / "export"))
+    trained = trained_ssd.load_trained_ssd(str(work / "export"))
     model, labels = tflite_export.export_tflite(trained, str(work / "float.tflite"))
     return {"work": work, "saved_model": saved_model, "tflite": model, "labels": labels,
             "ssd": ssd, "trained": trained}
@@ -116,7 +119,7 @@ def test_anchors_and_op_attributes():
 
 def test_not_a_model(tmp_path):
     with pytest.raises(ValueError, match="neither a tfssd model directory"):
-        tflite_export.load_trained_ssd(str(tmp_path))
+        trained_ssd.load_trained_ssd(str(tmp_path))
 
 
 @pytest.mark.slow
@@ -169,7 +172,7 @@ def test_model_directory_restores_the_best_weights(tmp_path):
                    "width_multiplier": 0.0625, "class_names": ["a", "b"]}, f)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=ssd.model), str(tmp_path / "best"),
                                max_to_keep=1).save(checkpoint_number=7)
-    trained = tflite_export.load_trained_ssd(str(tmp_path))
+    trained = trained_ssd.load_trained_ssd(str(tmp_path))
     assert trained.source.endswith(os.path.join("best", "ckpt-7"))
     assert trained.class_names == ("a", "b") and trained.image_size == SIZE
     assert (trained.nms_threshold, trained.score_threshold, trained.max_detections) == (
@@ -183,7 +186,7 @@ def test_model_directory_restores_the_best_weights(tmp_path):
 def test_int8_export_and_evaluation_from_the_command_line(exported, shapes_tfrecords):
     work = exported["work"]
     int8 = str(work / "int8.tflite")
-    result = run("-m", "tfssd.export_tflite", f"--model={exported['saved_model']}",
+    result = run("-m", "tfssd.cli.export_tflite", f"--model={exported['saved_model']}",
                  f"--output={int8}", "--quantize=int8",
                  f"--representative={shapes_tfrecords['dir']}/train-*", "--calibration_images=8")
     assert "quantize=int8" in result.stdout and "uint8" in result.stdout
@@ -193,7 +196,7 @@ def test_int8_export_and_evaluation_from_the_command_line(exported, shapes_tfrec
     scores = {}
     for name, flag in (("saved_model", f"--saved_model={os.path.dirname(exported['saved_model'])}"),
                        ("float", f"--model={exported['tflite']}"), ("int8", f"--model={int8}")):
-        out = run("-m", "tfssd.evaluate", flag, validation, "--metrics=voc,coco").stdout
+        out = run("-m", "tfssd.cli.evaluate", flag, validation, "--metrics=voc,coco").stdout
         assert "8 images" in out and "circle" in out
         scores[name] = (float(re.search(METRIC_REGEXES["validation:mAP"], out).group(1)),
                         float(re.search(r"COCO AP@\[\.5:\.95\] (\S+)", out).group(1)))
@@ -205,7 +208,7 @@ def test_int8_export_and_evaluation_from_the_command_line(exported, shapes_tfrec
 @pytest.mark.slow
 def test_export_command_refuses_int8_without_calibration_images(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tfssd.export_tflite", f"--model={tmp_path}",
+        [sys.executable, "-m", "tfssd.cli.export_tflite", f"--model={tmp_path}",
          f"--output={tmp_path}/m.tflite", "--quantize=int8"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode != 0 and "--representative" in result.stderr
@@ -234,7 +237,7 @@ def test_predict_takes_a_tflite_model_with_the_same_json(exported, shapes_voc, t
     answers = {}
     for kind in ("saved_model", "tflite"):
         model = os.path.dirname(exported[kind]) if kind == "saved_model" else exported[kind]
-        result = run("-m", "tfssd.predict", f"--model={model}", "--min_score=0.01",
+        result = run("-m", "tfssd.cli.predict", f"--model={model}", "--min_score=0.01",
                      f"--output_dir={tmp_path / kind}", path)
         answers[kind] = json.loads(result.stdout.strip().splitlines()[-1])["prediction"]
         assert os.path.isfile(tmp_path / kind / (os.path.basename(path)[:-4] + ".png"))

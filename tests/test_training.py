@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfssd import config as config_lib
 from tfssd import training
+from tfssd.config import run_config as config_lib
 from tfssd.data import schema, targets
-from tfssd.distribute import Cluster
-from tfssd.evaluation import DetectionEvaluator
-from tfssd.losses import multibox_loss
+from tfssd.evaluation.voc_ap import DetectionEvaluator
+from tfssd.model.losses import multibox_loss
+from tfssd.model.postprocess import postprocess
 from tfssd.model.ssd import ssd_network
 from tfssd.ops.image_ops import decode_image, resize
-from tfssd.postprocess import postprocess
 from tfssd.training import optimization
+from tfssd.training.distribution import Cluster
 
 
 def test_step_schedule():
@@ -191,7 +191,8 @@ def test_frozen_layers_do_not_move(shapes_tfrecords, tmp_path, base, pretrained)
 def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
     from absl import flags
 
-    from tfssd import hyperparameters
+    from tfssd.cli import hyperparameter_flags as hyperparameters
+    from tfssd.config import factory
     from tfssd.model.ssd import build_ssd
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,6 +201,6 @@ def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
     flag_values(["train", f"--flagfile={root}/flags/{recipe}.flags",
                  f"--train={shapes_tfrecords['train'][0]}", "--use_pretrained_model=0"])
     values, options = hyperparameters.resolve(flag_values, environ={})
-    config = hyperparameters.build_config(values, options)
+    config = factory.build_config(values, options)
     assert config.train.steps_per_epoch == 518 and config.train.lr_boundaries == (82880, 103600)
     assert build_ssd(config.model).num_anchors == anchors

@@ -9,10 +9,10 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.data import format_writers as fw
-from tfssd import config as config_lib
 from tfssd import training
+from tfssd.config import run_config as config_lib
 from tfssd.data import coco, conversion, mxnet_formats, sagemaker_formats, schema, voc
-from tfssd.distribute import Cluster
+from tfssd.training.distribution import Cluster
 
 
 def _image_file(tmp_path, name, mode="RGB", fmt="JPEG", size=(64, 32)):

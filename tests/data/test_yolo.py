@@ -256,7 +256,7 @@ def test_unreadable_label_file_is_reported(tmp_path, dataset):
 
 
 def _run(*argv):
-    return subprocess.run([sys.executable, "-m", "tfssd.convert", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tfssd.cli.convert", *argv], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
 
 

@@ -13,10 +13,10 @@ import collections
 import json
 import os
 
-from tfssd.data.sources import SourceImage, SourceObject
+from tfssd.data.sources import SourceDataError, SourceImage, SourceObject
 
 
-class COCOFormatError(ValueError):
+class COCOFormatError(SourceDataError):
     """The JSON file is not COCO detection annotations."""
 
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
-from tfssd.config import CLASS_MAP_NAME
+from tfssd.config.run_config import CLASS_MAP_NAME
 from tfssd.data import item_policy, schema
 from tfssd.data.sources import ConversionError, SourceImage, SourceObject  # noqa: F401
-from tfssd.image_check import DEFAULT_MAX_PIXELS
+from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
 
 EXAMPLES = 5  # images named per kind of fix or drop
 
@@ -55,6 +55,7 @@ class ConversionSummary:
     max_label_width: int = schema.HEADER_WIDTH
     files: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)  # the source format's remarks
 
     def note(self, kind: str, name: str) -> None:
         names = self.examples.setdefault(kind, [])
@@ -97,6 +98,7 @@ class ConversionSummary:
             lines.append("skipped images:")
             lines.extend(f"  {name}: {reason}" for name, reason in self.skipped)
         lines.append("wrote: " + ", ".join(self.files))
+        lines.extend(self.notes)
         return "\n".join(lines)
 
     def _named(self, kind: str) -> str:

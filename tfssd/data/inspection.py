@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfssd import visualization
 from tfssd.data import schema
+from tfssd.ops import drawing as visualization
 from tfssd.ops.image_ops import decode_image
 
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 
 from tfssd.data import schema
 from tfssd.data.sources import SourceImage
-from tfssd.image_check import ImageError, inspect_image
+from tfssd.ops.image_check import ImageError, inspect_image
 
 TINY_BOX_PIXELS = 2.0
 DEGENERATE_BOX_AREA = 1.0  # square pixels: a point annotation (VOC's xmin == xmax) or one pixel

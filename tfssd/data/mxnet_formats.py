@@ -19,14 +19,14 @@ import struct
 
 import numpy as np
 
-from tfssd.data.sources import SourceImage, SourceObject
+from tfssd.data.sources import SourceDataError, SourceImage, SourceObject
 
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
 _IR_HEADER = struct.Struct("<IfQQ")
 
 
-class MXNetFormatError(ValueError):
+class MXNetFormatError(SourceDataError):
     """A .lst or .rec file that does not follow MXNet's layout."""
 
 

@@ -16,10 +16,10 @@ import glob
 import json
 import os
 
-from tfssd.data.sources import SourceImage, SourceObject
+from tfssd.data.sources import SourceDataError, SourceImage, SourceObject
 
 
-class SageMakerFormatError(ValueError):
+class SageMakerFormatError(SourceDataError):
     """Class names that contradict each other, or a manifest without box annotations."""
 
 

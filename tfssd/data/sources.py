@@ -5,8 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 
-class ConversionError(ValueError):
+class SourceDataError(ValueError):
+    """Source data tfssd cannot use; the message names the file (and line or record)."""
+
+
+class ConversionError(SourceDataError):
     """A bad item under ``strict``, or an unusable class map."""
+
+
+class ReaderOptionError(SourceDataError):
+    """A reader was not given what its format needs (a file, a folder, class names)."""
 
 
 @dataclasses.dataclass

@@ -37,7 +37,7 @@ import os
 
 import yaml
 
-from tfssd.data.sources import SourceImage, SourceObject
+from tfssd.data.sources import SourceDataError, SourceImage, SourceObject
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff",
                               ".webp"})
@@ -46,7 +46,7 @@ TOLERANCE = 1e-3  # how far outside [0, 1] a normalised coordinate may be rounde
 _IGNORED_LABEL_FILES = {"classes.txt"}
 
 
-class YOLOFormatError(ValueError):
+class YOLOFormatError(SourceDataError):
     """A data.yaml without usable class names, or a layout whose labels cannot be found."""
 
 

@@ -8,7 +8,7 @@ usual choice for detection, whose batches are small. From scratch that would lea
 without any normalisation (frozen BatchNorm with fresh statistics is the identity; measured:
 logits with standard deviation 13 at initialisation, and a loss that exploded to 1e11 in three
 steps), so there BatchNorm trains, with statistics synchronized over replicas so that all
-workers keep the same model (DESIGN.md).
+workers keep the same model.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from tfssd import precision
-from tfssd.config import ModelConfig
+from tfssd.config import precision
+from tfssd.config.run_config import ModelConfig
 from tfssd.model import freezing, weights
 from tfssd.model.layers import CaffePreprocessing, L2Normalization
 from tfssd.model.resnet50 import resnet50_features

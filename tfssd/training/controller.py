@@ -12,8 +12,8 @@ import math
 import time
 from collections.abc import Callable
 
-from tfssd.config import Config
-from tfssd.early_stopping import EarlyStopping
+from tfssd.config.run_config import Config
+from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 from tfssd.training.reporting import Reporter
 from tfssd.training.state import Checkpoints, RunState

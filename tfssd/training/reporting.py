@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfssd import sagemaker_metrics
-from tfssd.config import Config
-from tfssd.distribute import Cluster
-from tfssd.evaluation import EvaluationResult
-from tfssd.training.validation import SUMMARY_IMAGES
+from tfssd.config.run_config import Config
+from tfssd.evaluation.validation import SUMMARY_IMAGES
+from tfssd.evaluation.voc_ap import EvaluationResult
+from tfssd.training import sagemaker_metrics
+from tfssd.training.distribution import Cluster
 
 
 def format_duration(seconds: float) -> str:

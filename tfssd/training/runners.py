@@ -5,12 +5,17 @@ One runner per distribution mode, so that the outer loop (controller.py) has no 
 * ``SynchronousRunner``: the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy
   (dist_sync). A step is dispatched when called; its losses are read only when the loop needs
   them (logging, checkpoints, epoch ends), so that the host does not wait on every step.
+* ``MultiWorkerRunner``: a ``SynchronousRunner`` under MultiWorkerMirroredStrategy (dist_sync),
+  which also shares the chief's state at start-up and reports a digest of its final weights.
 * ``ParameterServerRunner``: ParameterServerStrategy (dist_async). Steps are scheduled on the
   workers by a ClusterCoordinator and their losses fetched only when the loop needs them
   (logging, checkpoints, epoch ends), so the workers never wait on the chief.
 
-Both take a ``build_dataset(input_context, seed, start_sample)`` function that makes one input
+All take a ``build_dataset(input_context, seed, start_sample)`` function that makes one input
 pipeline's batches, and a ``translate`` function that turns a bad-data error into a clear one.
+What else differs between the modes (the banner, where a resumed run's data stands, the start-up
+broadcast, the final digest, what a lost peer means) is theirs too, so the trainer has no mode
+branches.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-from tfssd.losses import multibox_loss
+from tfssd.model.losses import multibox_loss
+from tfssd.training import errors, state
+from tfssd.training.distribution import Cluster
 from tfssd.training.errors import DATA_ERRORS
 from tfssd.training.optimization import add_weight_decay, is_decayed
+from tfssd.training.reporting import weights_digest
 
 Losses = tuple[float, float, float]  # (cross_entropy, smooth_l1, skipped) of one step
 
@@ -87,10 +96,12 @@ class _Runner:
     """Dispatches steps and hands their losses back when the loop asks (``due``)."""
 
     reduce = True  # make_train_step's setting for this runner
+    where = ""  # how the banner says where training runs
 
-    def __init__(self, strategy: tf.distribute.Strategy,
+    def __init__(self, strategy: tf.distribute.Strategy, cluster: Cluster,
                  translate: Callable[[Exception], Exception]):
         self.strategy = strategy
+        self.cluster = cluster
         self._translate = translate  # a bad-data error -> a clear one
         self._iterator = None
         self._step_fn = None
@@ -124,6 +135,20 @@ class _Runner:
     def join(self) -> None:
         """Waits until every step dispatched so far has run."""
 
+    def data_position(self, step: int, global_batch_size: int) -> str:
+        """Where a run resumed at ``step`` takes up its data, for the log."""
+        return f"data position (example {step * global_batch_size} of the run's stream)"
+
+    def share_chief_state(self, variables: list, is_chief: bool) -> None:
+        """Gives every worker the chief's values of ``variables`` (weights, optimizer, step)."""
+
+    def finish(self, model: keras.Model) -> None:
+        """What this mode reports of the final weights."""
+
+    def peer_lost(self, error: tf.errors.OpError, last_checkpoint: str | None) -> Exception:
+        """The error to raise for a step, checkpoint or validation that failed (a lost peer)."""
+        return error
+
 
 class SynchronousRunner(_Runner):
     """Runs each step as it is asked for, under a synchronous strategy."""
@@ -141,14 +166,34 @@ class SynchronousRunner(_Runner):
         return handle
 
 
+class MultiWorkerRunner(SynchronousRunner):
+    """A synchronous runner on one worker of a dist_sync cluster (MultiWorkerMirroredStrategy)."""
+
+    @property
+    def where(self) -> str:
+        return f" on {self.cluster.num_workers} workers (dist_sync)"
+
+    def share_chief_state(self, variables: list, is_chief: bool) -> None:
+        state.broadcast_from_chief(self.strategy, variables, is_chief)
+
+    def finish(self, model: keras.Model) -> None:
+        # Equal digests on every worker mean bit-identical weights.
+        logging.info("Worker %d final weights digest %s.", self.cluster.task_id,
+                     weights_digest(model))
+
+    def peer_lost(self, error: tf.errors.OpError, last_checkpoint: str | None) -> Exception:
+        return errors.cluster_error(error, "sync", last_checkpoint)
+
+
 class ParameterServerRunner(_Runner):
     """Schedules steps on the workers of a ParameterServerStrategy through a ClusterCoordinator."""
 
     reduce = False
+    where = " on the workers of a dist_async cluster"
 
-    def __init__(self, strategy: tf.distribute.Strategy,
+    def __init__(self, strategy: tf.distribute.Strategy, cluster: Cluster,
                  translate: Callable[[Exception], Exception]):
-        super().__init__(strategy, translate)
+        super().__init__(strategy, cluster, translate)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
 
     def start(self, step_fn, build_dataset, seed: int, start_sample: int) -> None:
@@ -178,9 +223,17 @@ class ParameterServerRunner(_Runner):
     def join(self) -> None:
         self.coordinator.join()
 
+    def data_position(self, step: int, global_batch_size: int) -> str:
+        return "a new data order on each worker (dist_async keeps no data position)"
 
-def make_runner(strategy: tf.distribute.Strategy, mode: str,
-                translate: Callable[[Exception], Exception]):
-    """The runner for a cluster's mode: 'async' (dist_async), else synchronous."""
-    runner = ParameterServerRunner if mode == "async" else SynchronousRunner
-    return runner(strategy, translate)
+    def peer_lost(self, error: tf.errors.OpError, last_checkpoint: str | None) -> Exception:
+        return errors.cluster_error(error, "async", last_checkpoint)
+
+
+RUNNERS = {"local": SynchronousRunner, "sync": MultiWorkerRunner, "async": ParameterServerRunner}
+
+
+def make_runner(strategy: tf.distribute.Strategy, cluster: Cluster,
+                translate: Callable[[Exception], Exception]) -> _Runner:
+    """The runner for the cluster's mode: local, sync (dist_sync) or async (dist_async)."""
+    return RUNNERS[cluster.mode](strategy, cluster, translate)

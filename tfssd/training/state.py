@@ -16,8 +16,9 @@ import random
 import keras
 import tensorflow as tf
 
-from tfssd.config import BEST_DIR, RUN_FILE, EarlyStoppingConfig, ModelConfig
-from tfssd.early_stopping import EarlyStopping
+from tfssd.config.run_config import BEST_DIR, RUN_FILE, EarlyStoppingConfig, ModelConfig
+from tfssd.model.run_directory import best_checkpoint, find_run_dir
+from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 
 GEOMETRY_KEYS = ("base_network", "num_classes", "image_size", "width_multiplier")
@@ -59,8 +60,7 @@ def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
     """
     if not source:
         return None
-    run_dir = next((d for d in (source, os.path.join(source, "checkpoints"))
-                    if os.path.isfile(os.path.join(d, RUN_FILE))), None)
+    run_dir = find_run_dir(source)
     if run_dir is None:
         raise TrainingError(f"--init_from={source}: not a tfssd model directory (no "
                             f"{RUN_FILE} in it or in its checkpoints/)")
@@ -69,8 +69,7 @@ def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
         raise TrainingError(f"--init_from={source} was trained with another network "
                             f"({different}); incremental training needs the same "
                             "base_network, num_classes, image_shape and width_multiplier")
-    checkpoint = (tf.train.latest_checkpoint(os.path.join(run_dir, BEST_DIR))
-                  or tf.train.latest_checkpoint(run_dir))
+    checkpoint = best_checkpoint(run_dir)
     if checkpoint is None:
         raise TrainingError(f"--init_from={source}: no checkpoint in {run_dir}")
     return checkpoint

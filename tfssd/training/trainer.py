@@ -19,19 +19,20 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfssd import export, precision
-from tfssd.config import Config
+from tfssd.config import precision
+from tfssd.config.run_config import Config
 from tfssd.data import conversion, pipeline, schema
-from tfssd.distribute import Cluster
-from tfssd.early_stopping import EarlyStopping
-from tfssd.evaluation import EvaluationResult
+from tfssd.deploy import saved_model as export
+from tfssd.evaluation.validation import Validator, ground_truth_per_class
+from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.model.freezing import FreezePatternError
 from tfssd.model.ssd import SSD, build_ssd
 from tfssd.training import errors, optimization, runners, state
 from tfssd.training.controller import Controller
+from tfssd.training.distribution import Cluster
+from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
-from tfssd.training.reporting import Reporter, weights_digest
-from tfssd.training.validation import Validator, ground_truth_per_class
+from tfssd.training.reporting import Reporter
 
 
 @dataclasses.dataclass
@@ -73,7 +74,7 @@ class Trainer:
         cfg = config.train
         self.model_dir = (cfg.model_dir if cluster.is_chief else
                           tempfile.mkdtemp(prefix=f"tfssd-worker{cluster.task_id}-"))
-        self.runner = runners.make_runner(strategy, cluster.mode, self._data_error)
+        self.runner = runners.make_runner(strategy, cluster, self._data_error)
         os.makedirs(self.model_dir, exist_ok=True)
         self.class_names = read_class_names(config.data.class_map_file, config.model.num_classes)
         self._check_training_files()
@@ -116,9 +117,7 @@ class Trainer:
             self.checkpoints.resume(resume_from)
             step = self.state.step
             epoch, batch = divmod(step, cfg.steps_per_epoch)
-            position = (f"data position (example {step * cfg.global_batch_size} of the run's "
-                        "stream)" if cluster.mode != "async" else
-                        "a new data order on each worker (dist_async keeps no data position)")
+            position = self.runner.data_position(step, cfg.global_batch_size)
             self.reporter.log(f"Resumed from {resume_from} at step {step} (epoch {epoch + 1}, "
                               f"step {batch + 1} of it), with its optimizer state, learning rate "
                               f"and {position}.")
@@ -127,10 +126,9 @@ class Trainer:
             self.reporter.log(f"Initialised the network from {init_from} (--init_from); the "
                               "optimizer, schedule and data start anew.")
         self.state.choose_seed(cfg.seed)
-        if cluster.mode == "sync":
-            state.broadcast_from_chief(
-                strategy, [*self.model.weights, *self.optimizer.variables, *self.state.variables],
-                cluster.is_chief)
+        self.runner.share_chief_state(
+            [*self.model.weights, *self.optimizer.variables, *self.state.variables],
+            cluster.is_chief)
         decay = cfg.weight_decay if optimization.uses_weight_decay(cfg.optimizer) else 0.0
         self.train_step = runners.make_train_step(strategy, self.model, self.optimizer,
                                                   self.state.global_step, decay,
@@ -222,10 +220,9 @@ class Trainer:
         cfg = self.config.train
         step = self.state.step
         early = self.state.early_stopping(self.config.early_stopping)
-        workers = {"sync": f" on {self.cluster.num_workers} workers (dist_sync)",
-                   "async": " on the workers of a dist_async cluster"}.get(self.cluster.mode, "")
         self.reporter.log(
-            f"Training {self.model.name}{workers}: {self.model.count_params():,} parameters, "
+            f"Training {self.model.name}{self.runner.where}: "
+            f"{self.model.count_params():,} parameters, "
             f"{self.ssd.num_anchors} anchors, {cfg.steps_per_epoch} steps per epoch of "
             f"{cfg.global_batch_size} images, {cfg.epochs} epochs; model_dir {cfg.model_dir}; "
             f"seed {self.state.seed}.")
@@ -241,10 +238,10 @@ class Trainer:
                               start_sample=step * cfg.global_batch_size)
             step, stopped_early = controller.run(step, early)
         except errors.CLUSTER_ERRORS as e:  # a peer has gone (a step, a checkpoint, validation)
-            if self.cluster.mode == "local":
+            failure = self.runner.peer_lost(e, tf.train.latest_checkpoint(cfg.model_dir))
+            if failure is e:
                 raise
-            raise errors.cluster_error(e, self.cluster.mode,
-                                       tf.train.latest_checkpoint(cfg.model_dir)) from None
+            raise failure from None
         return self._finish(step, stopped_early, early, trained=step > first_step)
 
     def _finish(self, step: int, stopped_early: bool, early: EarlyStopping,
@@ -276,9 +273,7 @@ class Trainer:
                 f"{export_path} ({cfg.export_precision}). Checkpoints and TensorBoard logs: "
                 f"{cfg.model_dir} "
                 f"(tensorboard --logdir {cfg.model_dir}).")
-        if self.cluster.mode == "sync":
-            logging.info("Worker %d final weights digest %s.", self.cluster.task_id,
-                         weights_digest(self.model))
+        self.runner.finish(self.model)
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         return TrainingResult(global_step=step, epochs_completed=step // cfg.steps_per_epoch,

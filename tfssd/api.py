@@ -1,0 +1,171 @@
+"""tfssd from Python: train, load (and detect), convert and evaluate, as the commands do.
+
+    import tfssd
+    result = tfssd.train(num_classes=3, num_training_samples=400, train="data/train-*",
+                         validation="data/val-*", model_dir="runs/demo")
+    detector = tfssd.load(result.export_path)        # or a model directory, or a .tflite
+    (found,) = detector.detect("image.jpg")          # boxes [N, 4] normalised yxyx, scores, classes
+
+Every function takes the names of its command's flags as keyword arguments, with the same
+defaults, validation and messages; the commands (tfssd/cli/) are thin users of these. TensorFlow
+is imported only once the arguments are known to be good.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tfssd.config import factory
+from tfssd.config.input_files import expand_files
+from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
+
+EVALUATION_METRICS = ("voc", "coco")
+
+
+def train(**values: Any):
+    """Trains (or resumes) an SSD from SageMaker's hyperparameters and tfssd's options.
+
+    Args:
+      **values: SageMaker's hyperparameters (``num_classes``, ``epochs``, ...; strings as
+        SageMaker sends them, or Python values) and tfssd-train's options (``train``,
+        ``validation``, ``model_dir``, ``precision``, ...). Inside a SageMaker container,
+        hyperparameters.json and the channels fill in what is not given.
+
+    Returns:
+      ``tfssd.training.TrainingResult`` (global_step, best_map, best_epoch, export_path,
+      model_dir, ...) in a training process; None in a dist_async worker or parameter server.
+
+    Raises:
+      HyperparameterError: every invalid value, before TensorFlow starts.
+      ClusterConfigError, DistributionError, TrainingError, PretrainedWeightsError: the run
+        could not start or go on; the message says why.
+    """
+    hyperparameters, options = factory.resolve(values)
+    from tfssd.training import launch
+
+    return launch.run(hyperparameters, options)
+
+
+def load(path: str | os.PathLike, num_threads: int | None = None):
+    """A trained detector: an exported SavedModel (or its directory of versions), a ``.tflite``
+    file, or a tfssd model directory (its best weights).
+
+    Its ``detect(images)`` takes file paths, encoded bytes or uint8 arrays [H, W, 3] and returns
+    one ``Detections`` per image (boxes float32 [N, 4] normalised yxyx, scores, classes from 0).
+    """
+    from tfssd.deploy.detector import load_detector
+
+    return load_detector(os.fspath(path), num_threads)
+
+
+def convert(format: str, output: str, *, class_names: Sequence[str] | None = None,
+            num_shards: int | None = None, label_width: int = 350, strict: bool = False,
+            drop_difficult: bool = False, drop_empty: bool = False,
+            max_image_pixels: int = DEFAULT_MAX_PIXELS, progress=None, **source_options: Any):
+    """Converts annotated images to tfssd's TFRecords (``output-0000i-of-0000N.tfrecord``).
+
+    Args:
+      format: one of ``tfssd.data.readers.FORMATS`` (voc, coco, sagemaker_json, manifest, lst,
+        recordio, yolo).
+      output: the output prefix; class_map.json goes beside the files.
+      **source_options: where the format's files are, named as tfssd-convert's flags
+        (``voc_dir``, ``split``, ``coco_json``, ``images_dir``, ...).
+      The rest: as tfssd-convert's flags of the same names; ``progress(done, total, rate)``.
+
+    Returns:
+      The ``ConversionSummary``: every image and box accounted for (``.format()`` prints it).
+
+    Raises:
+      SourceDataError (ReaderOptionError, ConversionError, the formats' errors), OSError.
+    """
+    from tfssd.data import conversion, readers
+
+    source = readers.read_source(format, {**source_options, "class_names": class_names})
+    summary = conversion.convert(source.items, output, class_names=class_names,
+                                 provided_names=source.class_names, num_shards=num_shards,
+                                 label_width=label_width, strict=strict,
+                                 drop_difficult=drop_difficult, drop_empty=drop_empty,
+                                 max_pixels=max_image_pixels, progress=progress)
+    summary.notes.extend(source.notes)
+    return summary
+
+
+class EvaluationDataError(ValueError):
+    """A validation record the model or the pipeline cannot take; the message names it."""
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """What ``evaluate`` measured."""
+
+    model_path: str
+    num_images: int
+    class_names: list[str]
+    voc: Any = None  # tfssd.evaluation.voc_ap.EvaluationResult (mean_ap, per-class AP)
+    coco: Any = None  # tfssd.evaluation.coco_ap's result (AP@[.5:.95], AP50, AP75, by size)
+
+
+def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
+             metrics: Sequence[str] = ("voc",), overlap_threshold: float = 0.5,
+             ap_method: str = "11point", label_width: int = 350, batch_size: int = 16,
+             skip_corrupt_records: bool = False, num_threads: int | None = None
+             ) -> EvaluationReport:
+    """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images.
+
+    Args:
+      model: what ``load`` takes.
+      validation: TFRecord files, globs or directories.
+      metrics: any of ``voc`` (AP at ``overlap_threshold``), ``coco`` (pycocotools).
+      The rest: as tfssd-evaluate's flags of the same names.
+
+    Raises:
+      ValueError: a bad argument (named); EvaluationDataError: a record that cannot be used;
+      FileNotFoundError, ImportError: the model cannot be loaded.
+    """
+    if not 0 < overlap_threshold <= 1:
+        raise ValueError(f"overlap_threshold={overlap_threshold}: expected (0, 1]")
+    unknown = [m for m in metrics if m not in EVALUATION_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics={','.join(metrics)}: expected one or more of "
+                         f"{', '.join(EVALUATION_METRICS)}")
+    patterns = [validation] if isinstance(validation, (str, os.PathLike)) else list(validation)
+    patterns = [os.fspath(p) for p in patterns]
+    files = expand_files(patterns)
+    if not files:
+        raise ValueError(f"validation={','.join(patterns)}: no file matches")
+    import tensorflow as tf
+
+    from tfssd.data import pipeline
+    from tfssd.evaluation.coco_ap import COCOEvaluator
+    from tfssd.evaluation.validation import evaluate_batches
+    from tfssd.evaluation.voc_ap import DetectionEvaluator
+    from tfssd.ops.image_check import inspect_image
+    from tfssd.training import errors
+
+    detector = load(model, num_threads)
+    class_names = detector.class_names
+    dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=label_width,
+                                          batch_size=batch_size,
+                                          skip_corrupt_records=skip_corrupt_records)
+    evaluator = DetectionEvaluator(len(class_names), overlap_threshold, ap_method)
+    coco = COCOEvaluator(len(class_names)) if "coco" in metrics else None
+
+    def add_to_coco(batch, detections):
+        # COCO's object sizes are in pixels: each image's size, read from its header.
+        sizes = [inspect_image(data, name.decode(errors="replace"), max_pixels=0, decode=False)
+                 for data, name in zip(batch["image_bytes"].numpy(), batch["filename"].numpy())]
+        coco.add_batch(detections, batch, [(info.height, info.width) for info in sizes])
+
+    try:
+        result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]),
+                                  evaluator, add_to_coco if coco else None)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        known = errors.data_error(e, files, "tfssd")
+        raise EvaluationDataError(str(known if known is not e else errors.cause(e))) from None
+    return EvaluationReport(model_path=detector.path, num_images=evaluator.num_images,
+                            class_names=list(class_names),
+                            voc=result if "voc" in metrics else None,
+                            coco=coco.result() if coco else None)

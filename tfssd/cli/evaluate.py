@@ -1,0 +1,82 @@
+"""Validation metrics of an exported model on TFRecords: a SavedModel or a .tflite file.
+
+  python -m tfssd.cli.evaluate --model=EXPORT_DIR --validation=data/val-* [--metrics=voc,coco]
+  python -m tfssd.cli.evaluate --model=model.tflite --validation=data/val-*
+
+The model sees the encoded images as a deployment would: a SavedModel decodes and resizes them
+in its serving graph, a .tflite gets them decoded and resized on the host (tfssd.deploy.detector).
+``voc`` prints per-class AP and the mAP at --overlap_threshold (tfssd's VOC evaluation), also as
+SageMaker's validation:mAP line; ``coco`` prints COCO's AP@[.5:.95], AP50, AP75 and AP by object
+size, computed by pycocotools.
+"""
+
+import sys
+
+from absl import app, flags
+
+from tfssd.cli.command_runner import run_command
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("model", None,
+                        "An exported SavedModel (or its directory of versions: the highest is "
+                        "used) or a .tflite file from tfssd-export-tflite.")
+    flags.DEFINE_string("saved_model", None, "The same as --model (the older name).")
+    flags.DEFINE_list("validation", None, "TFRecord files, globs or directories.")
+    flags.DEFINE_list("metrics", ["voc"], "Any of: voc (mAP at --overlap_threshold), coco "
+                      "(AP@[.5:.95], AP50, AP75, AP small/medium/large, by pycocotools).")
+    flags.DEFINE_float("overlap_threshold", 0.5, "voc: IoU for a detection to match, in (0, 1].")
+    flags.DEFINE_enum("ap_method", "11point", ["11point", "allpoint"], "VOC AP interpolation.")
+    flags.DEFINE_integer("label_width", 350, "Labels are at most this long.")
+    flags.DEFINE_integer("batch_size", 16, "Images per call of the model.")
+    flags.DEFINE_bool("skip_corrupt_records", False,
+                      "Skip records whose label does not fit --label_width or is invalid, "
+                      "instead of stopping with the record named.")
+    flags.DEFINE_integer("num_threads", None, ".tflite only: LiteRT's CPU threads.")
+    flags.mark_flags_as_mutual_exclusive(["model", "saved_model"], required=True)
+    flags.mark_flag_as_required("validation")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from tfssd import api
+    from tfssd.training import sagemaker_metrics
+    from tfssd.training.distribution import Cluster
+
+    try:
+        report = api.evaluate(
+            FLAGS.model or FLAGS.saved_model, FLAGS.validation, metrics=FLAGS.metrics,
+            overlap_threshold=FLAGS.overlap_threshold, ap_method=FLAGS.ap_method,
+            label_width=FLAGS.label_width, batch_size=FLAGS.batch_size,
+            skip_corrupt_records=FLAGS.skip_corrupt_records, num_threads=FLAGS.num_threads)
+    except api.EvaluationDataError as e:
+        print(f"tfssd-evaluate: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise app.UsageError(_as_flag(str(e))) from None
+    print(f"{report.model_path}: {report.num_images} images")
+    if report.voc is not None:
+        print(f"VOC: IoU > {FLAGS.overlap_threshold}, {FLAGS.ap_method} AP")
+        print(report.voc.format(report.class_names))
+        print(sagemaker_metrics.validation_map(Cluster().host, 0, report.voc.mean_ap))
+    if report.coco is not None:
+        print(report.coco.format(report.class_names))
+
+
+def _as_flag(message: str) -> str:
+    """The API names its arguments (``metrics=...``); the command names its flags."""
+    for name in ("overlap_threshold", "metrics", "validation"):
+        if message.startswith(f"{name}="):
+            return "--" + message
+    return message
+
+
+def run() -> None:
+    run_command(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

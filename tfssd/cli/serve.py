@@ -1,0 +1,101 @@
+"""Serves an exported SavedModel over HTTP: SageMaker's endpoint contract and TF Serving's REST API.
+
+  python -m tfssd.cli.serve --model=EXPORT_DIR [--host=127.0.0.1] [--port=8080] [--model_name=ssd]
+
+Inside a SageMaker container (``docker run IMAGE serve``, docker/serve) the model comes from
+/opt/ml/model and the port from SAGEMAKER_BIND_TO_PORT unless the flags give them. Routes,
+batching and limits: tfssd/serving.py; request and response bodies: tfssd/serving_formats.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+
+from absl import app, flags, logging
+
+from tfssd.cli.command_runner import run_command
+
+FLAGS = flags.FLAGS
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+DEFAULT_PORT = 8080
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("model", None,
+                        "An exported SavedModel, or a directory of numbered versions (the highest "
+                        f"is served). Default: {SAGEMAKER_MODEL_DIR} if it exists (SageMaker).")
+    flags.DEFINE_string("host", "127.0.0.1",
+                        "Interface to listen on. 0.0.0.0 exposes the endpoint, which has no "
+                        "authentication and no TLS, to every network this machine is on.")
+    flags.DEFINE_integer("port", None, "Port. Default: $SAGEMAKER_BIND_TO_PORT, else "
+                                       f"{DEFAULT_PORT}.", lower_bound=1, upper_bound=65535)
+    flags.DEFINE_string("model_name", "ssd", "The NAME of TF Serving's /v1/models/NAME.")
+    flags.DEFINE_integer("max_batch_size", 8, "Most images run through the model at once; "
+                                              "1 turns request batching off.", lower_bound=1)
+    flags.DEFINE_float("batch_timeout_ms", 0.0,
+                       "How long a batch that is not full waits for more images. 0: no wait; "
+                       "images that arrive while a batch runs still form the next batch. A "
+                       "few ms can pay on an accelerator; on a CPU it only adds latency.",
+                       lower_bound=0)
+    flags.DEFINE_integer("max_queue", 32,
+                         "Most requests admitted at once (being read, waiting or in the model); "
+                         "more are answered 503 with Retry-After.", lower_bound=1)
+    flags.DEFINE_integer("max_body_bytes", 16 * 2**20,
+                         "Largest request body; larger ones are answered 413.", lower_bound=1)
+    flags.DEFINE_integer("max_image_pixels", 4096 * 4096,
+                         "Largest width x height of an image (checked from its header before "
+                         "decoding); larger ones are answered 400. 0: no limit.", lower_bound=0)
+
+
+def model_and_port(model: str | None, port: int | None, environ: Mapping[str, str],
+                   container_model_dir: str = SAGEMAKER_MODEL_DIR) -> tuple[str, int]:
+    """The model directory and port: the flags, else SageMaker's container, else the default."""
+    if model is None:
+        if not os.path.isdir(container_model_dir):
+            raise app.UsageError(f"Give --model=EXPORT_DIR (or run in a SageMaker container, "
+                                 f"where the model is {container_model_dir}).")
+        model = container_model_dir
+    if port is None:
+        value = environ.get("SAGEMAKER_BIND_TO_PORT", str(DEFAULT_PORT))
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise app.UsageError(f"SAGEMAKER_BIND_TO_PORT={value!r} is not a port number")
+        port = int(value)
+    return model, port
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    model_dir, port = model_and_port(FLAGS.model, FLAGS.port, os.environ)
+    from tfssd.deploy import server as serving  # TensorFlow and aiohttp, once flags are good
+
+    try:
+        detector = serving.Detector(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(f"--model: {e}") from None
+    detector.warm_up()
+    limits = serving.Limits(max_batch_size=FLAGS.max_batch_size,
+                            batch_timeout_ms=FLAGS.batch_timeout_ms, max_queue=FLAGS.max_queue,
+                            max_body_bytes=FLAGS.max_body_bytes,
+                            max_image_pixels=FLAGS.max_image_pixels)
+    logging.info("Model %s (version %d, classes: %s); %s", detector.path, detector.version,
+                 ", ".join(detector.labels) or "unnamed", limits)
+    try:
+        serving.serve(serving.make_app(detector, FLAGS.model_name, limits), FLAGS.host, port,
+                      f"Serving {FLAGS.model_name!r} (SageMaker: /ping, /invocations; TF "
+                      f"Serving: /v1/models/{FLAGS.model_name}:predict)")
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise SystemExit(f"tfssd-serve: cannot listen on {FLAGS.host}:{port}: "
+                         f"{os.strerror(e.errno)}; choose another --port or --host") from None
+
+
+def run() -> None:
+    run_command(define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

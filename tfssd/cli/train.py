@@ -1,0 +1,66 @@
+r"""Trains an SSD detector from SageMaker Object Detection hyperparameters.
+
+  tfssd-train --num_classes=20 --num_training_samples=16551 \
+      --train=data/train-* --validation=data/val-* [--flagfile=flags/ssd300_vgg16_voc.flags]
+
+(or python -m tfssd.cli.train). A thin user of ``tfssd.train`` (tfssd/api.py): hyperparameters
+are validated before TensorFlow is imported, so a bad value fails in a moment.
+"""
+
+import logging as python_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from tfssd.cli import hyperparameter_flags
+from tfssd.cli.command_runner import run_command
+
+FLAGS = flags.FLAGS
+
+
+class _OwnInfoOnly(python_logging.Filter):
+    """Lets through tfssd's INFO lines and everyone's warnings and errors.
+
+    TensorFlow modules log through absl too (a line per checkpoint shard, the whole server
+    configuration of a cluster), which would drown the progress lines.
+    """
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno > python_logging.INFO or f"{os.sep}tfssd{os.sep}" in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    from tfssd import api  # light: TensorFlow comes once the values are known to be good
+    from tfssd.config.hyperparameters import HyperparameterError
+
+    try:
+        api.train(**hyperparameter_flags.given_values(FLAGS))
+    except HyperparameterError as e:
+        raise app.UsageError(str(e)) from None
+    except Exception as e:  # the run's own failures are one line; others reach run_command
+        _fail_cleanly(e)
+
+
+def _fail_cleanly(error: Exception) -> None:
+    from tfssd.model.weights import PretrainedWeightsError
+    from tfssd.training.distribution import ClusterConfigError, DistributionError
+    from tfssd.training.errors import TrainingError
+
+    if isinstance(error, ClusterConfigError):
+        raise app.UsageError(f"Cluster: {error}") from None
+    if isinstance(error, (TrainingError, PretrainedWeightsError, DistributionError)):
+        logging.error("%s", error)
+        sys.exit(1)
+    raise error
+
+
+def run() -> None:
+    run_command(hyperparameter_flags.define_flags, main)
+
+
+if __name__ == "__main__":
+    run()

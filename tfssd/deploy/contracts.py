@@ -1,0 +1,156 @@
+"""The request and response bodies of the two serving contracts: SageMaker's and TF Serving's.
+
+SageMaker (``POST /invocations``): a body that is one image (``image/jpeg``, ``image/png``,
+``application/x-image``) is answered ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax],
+...]}``, corners normalised to the image, as SageMaker's Object Detection algorithm answers;
+``application/json`` ``{"instances": [{"b64": ...}, ...]}`` (several images) is answered
+``{"predictions": [{"prediction": ...}, ...]}``, one object per image in order;
+``application/jsonlines``, one ``{"b64": ...}`` a line (batch transform), is answered one
+``{"prediction": ...}`` a line.
+
+TF Serving (``POST /v1/models/NAME:predict``): ``{"instances": [{"b64": ...}, ...]}`` (an
+instance may also be ``{"images": {"b64": ...}}``, the input named) is answered in its row
+format, ``{"predictions": [{"detection_boxes": ..., "detection_scores": ..., "detection_classes":
+..., "num_detections": ...}, ...]}``; its columnar ``{"inputs": [...]}`` is answered
+``{"outputs": {...}}``. ``signature_name``, if given, must be ``serving_default``.
+
+Every image is checked with ``image_check.inspect_image`` (decoded fully, formats TensorFlow
+decodes, a pixel limit) before the model sees it. No TensorFlow and no HTTP library here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import numpy as np
+
+from tfssd.ops.image_check import SERVED_FORMATS, ImageError, inspect_image
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_TYPE = "application/json"
+JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+INVOCATION_TYPES = (*IMAGE_TYPES, JSON_TYPE, *JSONLINES_TYPES)
+SIGNATURE = "serving_default"
+INSTANCE = '{"b64": "<base64 JPEG or PNG>"}'
+Images = list[tuple[str, bytes]]  # (a name for messages: "request body", "instances[2]", bytes)
+
+
+class RequestError(Exception):
+    """A request the server refuses: the HTTP status and a message naming what was wrong."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def to_sagemaker(detections: dict[str, np.ndarray], min_score: float = 0.0) -> dict:
+    """One image's serving outputs -> {"prediction": [[class_id, score, xmin, ymin, xmax, ymax]]}.
+
+    Args:
+      detections: detection_boxes float32 [N, 4] normalised yxyx, detection_scores [N],
+        detection_classes [N] (ids from 0), num_detections scalar: one image's slice of the
+        SavedModel's outputs.
+      min_score: rows scoring below it are left out.
+    """
+    count = int(detections["num_detections"])
+    rows = zip(detections["detection_classes"][:count].tolist(),
+               detections["detection_scores"][:count].tolist(),
+               detections["detection_boxes"][:count].tolist())
+    return {"prediction": [[cls, score, xmin, ymin, xmax, ymax]
+                           for cls, score, (ymin, xmin, ymax, xmax) in rows if score >= min_score]}
+
+
+def to_tf_serving(detections: list[dict[str, np.ndarray]], key: str) -> dict:
+    """Per-image serving outputs -> TF Serving's row ("instances") or columnar ("inputs") body."""
+    rows = [{name: value.tolist() for name, value in d.items()} for d in detections]
+    if key == "inputs":
+        return {"outputs": {name: [row[name] for row in rows] for name in rows[0]}}
+    return {"predictions": rows}
+
+
+def invocation_response(content_type: str, detections: list[dict[str, np.ndarray]]) -> str:
+    """The /invocations response body (JSON, or JSON Lines for a JSON Lines request)."""
+    responses = [to_sagemaker(d) for d in detections]
+    if content_type in IMAGE_TYPES:
+        return json.dumps(responses[0])
+    if content_type == JSON_TYPE:
+        return json.dumps({"predictions": responses})
+    return "".join(json.dumps(response) + "\n" for response in responses)
+
+
+def _load_json(body: bytes, what: str):
+    if not body.strip():
+        raise RequestError(400, f"{what}: empty; expected JSON")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"{what}: malformed JSON ({e})") from None
+
+
+def _preview(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _instance_bytes(instance, name: str) -> bytes:
+    """{"b64": s} or TF Serving's named form {"images": {"b64": s}} -> the decoded bytes."""
+    if isinstance(instance, dict) and set(instance) == {"images"}:
+        instance = instance["images"]
+    if not (isinstance(instance, dict) and isinstance(instance.get("b64"), str)):
+        raise RequestError(400, f"{name}: expected {INSTANCE}, got {_preview(instance)}")
+    try:
+        return base64.b64decode("".join(instance["b64"].split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(400, f"{name}.b64: not valid base64 ({e})") from None
+
+
+def _instances(document, key: str) -> Images:
+    instances = document.get(key) if isinstance(document, dict) else None
+    if isinstance(instances, dict) and set(instances) == {"images"}:  # {"inputs": {"images": []}}
+        instances = instances["images"]
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(400, f'expected a JSON object {{"{key}": [{INSTANCE}, ...]}} with at '
+                                f"least one image, got {_preview(document)}")
+    return [(f"{key}[{n}]", _instance_bytes(item, f"{key}[{n}]"))
+            for n, item in enumerate(instances)]
+
+
+def _check_images(images: Images, max_pixels: int) -> Images:
+    """Refuses (400) the first image that is empty, not an image, truncated or too large."""
+    for name, data in images:
+        try:
+            inspect_image(data, name, max_pixels, decode=True, formats=SERVED_FORMATS)
+        except ImageError as e:
+            raise RequestError(400, str(e)) from None
+    return images
+
+
+def parse_invocation(content_type: str, body: bytes,
+                     max_pixels: int) -> tuple[str, Images]:
+    """A /invocations body -> (its content type, checked (name, image bytes) pairs)."""
+    if content_type in IMAGE_TYPES:
+        images = [("request body", body)]
+    elif content_type == JSON_TYPE:
+        images = _instances(_load_json(body, "request body"), "instances")
+    else:
+        lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+        if not lines:
+            raise RequestError(400, f"request body: empty; expected one {INSTANCE} a line")
+        images = [(f"line {n}", _instance_bytes(_load_json(line, f"line {n}"), f"line {n}"))
+                  for n, line in lines]
+    return content_type, _check_images(images, max_pixels)
+
+
+def parse_predict(body: bytes, max_pixels: int) -> tuple[str, Images]:
+    """A TF Serving predict body -> ("instances" or "inputs", checked images)."""
+    document = _load_json(body, "request body")
+    if isinstance(document, dict):
+        signature = document.get("signature_name", SIGNATURE)
+        if signature != SIGNATURE:
+            raise RequestError(400, f"signature_name {signature!r} is not served; this server "
+                                    f"serves {SIGNATURE!r} (encoded images)")
+    key = "inputs" if isinstance(document, dict) and "inputs" in document else "instances"
+    return key, _check_images(_instances(document, key), max_pixels)
+
