@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_training import tiny_config
+from tests.training.test_training import tiny_config
 from tfssd import training
 from tfssd.config.precision import Hardware, choose
 from tfssd.data import schema

@@ -195,7 +195,7 @@ def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
     from tfssd.config import factory
     from tfssd.model.ssd import build_ssd
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     flag_values = flags.FlagValues()
     hyperparameters.define_flags(flag_values)
     flag_values(["train", f"--flagfile={root}/flags/{recipe}.flags",

@@ -25,7 +25,7 @@ from tfssd.model.ssd import ssd_network
 from tfssd.ops.image_ops import decode_image, resize
 from tfssd.training.sagemaker_metrics import METRIC_REGEXES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 128
 CLASSES = ["circle", "square", "triangle"]
 SETTINGS = dict(nms_threshold=0.5, score_threshold=0.02, max_detections=50)

@@ -26,8 +26,8 @@ from tfssd.deploy import saved_model as export
 from tfssd.deploy import server as serving
 from tfssd.model.ssd import ssd_network
 
-SERVE_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "docker", "serve")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVE_SCRIPT = os.path.join(ROOT, "docker", "serve")
 MAIN_FLAGS = ["--batch_timeout_ms=20", "--max_body_bytes=1000000", "--max_image_pixels=1000000"]
 
 

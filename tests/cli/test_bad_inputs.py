@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.test_training import tiny_config
+from tests.training.test_training import tiny_config
 from tfssd import training
 from tfssd.data import conversion, schema
 from tfssd.deploy import saved_model as export
@@ -28,7 +28,7 @@ from tfssd.ops.image_ops import declared_pixels, decode_image_within
 from tfssd.training import state
 from tfssd.training.distribution import Cluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(*argv, timeout=300):

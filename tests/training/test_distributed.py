@@ -13,7 +13,7 @@ import pytest
 
 from tfssd.training import distribution as distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = ("-m", "tfssd.cli.local_cluster")  # tfssd-cluster
 DIGEST = re.compile(r"Worker (\d) final weights digest (\w+)")
 STEP = re.compile(r"epoch (\d+)/\d+ step (\d+)/(\d+) loss (\S+)")

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_training import tiny_config
+from tests.training.test_training import tiny_config
 from tfssd import training
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.training import runners
 from tfssd.training.distribution import Cluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEP_LINE = re.compile(r"epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) \(cross_entropy (\S+), "
                        r"smooth_l1 (\S+)\) lr (\S+)")
 

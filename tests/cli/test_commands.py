@@ -12,7 +12,7 @@ from PIL import Image
 
 from tfssd.training.sagemaker_metrics import METRIC_REGEXES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(*argv, timeout=600):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.data import format_writers as fw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(*argv, check=True):

@@ -96,7 +96,7 @@ def test_training_logs_coco_metrics_to_tensorboard(shapes_tfrecords, tmp_path):
 
     import tensorflow as tf
 
-    from tests.test_training import tiny_config
+    from tests.training.test_training import tiny_config
     from tfssd import training
     from tfssd.training.distribution import Cluster
 
