@@ -1,8 +1,8 @@
 """tfssd's own training options (beyond SageMaker's table): names, defaults, types and checks.
 
 One table serves the command line (``cli/hyperparameter_flags.py`` defines an absl flag per
-row), the Python API (``tfssd.train(**options)``) and hyperparameters.json (string values, parsed here).
-No absl and no TensorFlow here.
+row), the Python API (``tfssd.train(**options)``) and hyperparameters.json (string values,
+parsed here). No absl and no TensorFlow here.
 """
 
 from __future__ import annotations
