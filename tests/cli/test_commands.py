@@ -75,3 +75,29 @@ def test_evaluate_the_exported_model(trained):
                  f"--validation={trained['work']}/data/val-*")
     assert re.search(METRIC_REGEXES["validation:mAP"], result.stdout)
     assert "circle" in result.stdout and "8 images" in result.stdout
+
+
+def _console_scripts() -> dict[str, str]:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(ROOT, "setup.cfg"))
+    return dict(line.split(" = ") for line in
+                setup["options.entry_points"]["console_scripts"].strip().splitlines())
+
+
+@pytest.mark.parametrize("script", sorted(_console_scripts()))
+def test_help_of_the_installed_command_shows_its_docstring_and_flags(script):
+    """Under a console script absl's main module is pip's wrapper; --help once listed nothing."""
+    import shutil
+
+    path = shutil.which(script, path=os.path.dirname(sys.executable))
+    if path is None:
+        pytest.skip(f"{script} is not installed beside {sys.executable} (pip install -e .)")
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    module = _console_scripts()[script].split(":")[0]
+    first_line = __import__(module, fromlist=["_"]).__doc__.strip().splitlines()[0]
+    assert result.stdout.startswith(first_line), result.stdout[:500]
+    assert "show_traceback" in result.stdout
+    if script != "tfssd-cluster-server":  # TF_CONFIG is all it takes
+        assert len(re.findall(r"^  --", result.stdout, re.M)) > 1, result.stdout

@@ -74,6 +74,17 @@ def _report_unexpected(name: str, error: BaseException) -> None:
           f"({where})", file=sys.stderr)
 
 
+def _help_lists_the_commands_flags(define_flags: Callable, main: Callable) -> None:
+    """absl's --help shows the flags and docstring of the main module (``sys.argv[0]``); under
+    a console script that is pip's wrapper, so the command's own are registered for it."""
+    for module in {define_flags.__module__, main.__module__, __name__}:
+        for flag in FLAGS.get_key_flags_for_module(module):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        main_module.__doc__ = sys.modules[main.__module__].__doc__
+
+
 def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], None],
                 tensorflow: bool = True) -> None:
     """Defines the command's flags (never at import time) and runs ``main`` under absl.
@@ -88,6 +99,7 @@ def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], No
     define_flags()
     flags.DEFINE_bool("show_traceback", False,
                       "Print the full traceback of an unexpected error instead of one line.")
+    _help_lists_the_commands_flags(define_flags, main)
 
     def guarded(argv):
         if tensorflow:
