@@ -70,6 +70,15 @@ def choose(requested: str, hardware: Hardware) -> tuple[str, str]:
     return "float32", f"{cpu} has neither {' nor '.join(BF16_CPU_FLAGS)}"
 
 
+def export_policy(export_precision: str) -> str:
+    """The Keras policy an export of ``export_precision`` computes in (float32 serves anywhere,
+    whatever the training precision was)."""
+    if export_precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"export precision {export_precision!r}: expected one of "
+                         f"{', '.join(EXPORT_PRECISIONS)}")
+    return "float32" if export_precision == "float32" else f"mixed_{export_precision}"
+
+
 def uses_loss_scaling(policy: str) -> bool:
     """float16's narrow range needs the loss scaled; bfloat16 has float32's range."""
     return policy == "mixed_float16"

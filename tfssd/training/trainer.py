@@ -260,8 +260,10 @@ class Trainer:
                               "version written).")
         elif self.cluster.is_chief:
             model = self.config.model
-            served = self.ssd if cfg.export_precision == "float32" else self.ssd.in_precision(
-                f"mixed_{cfg.export_precision}")
+            # The network was built in the training precision; the export computes in its own
+            # (float32 by default, whatever the run trained in), with the same weights.
+            policy = precision.export_policy(cfg.export_precision)
+            served = self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
             export_path = export.export_saved_model(
                 served.model, self.ssd.anchors, cfg.resolved_export_dir,
                 image_size=model.image_size, class_names=self.class_names,
