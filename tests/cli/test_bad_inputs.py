@@ -23,7 +23,7 @@ from tfssd import training
 from tfssd.data import conversion, schema
 from tfssd.deploy import saved_model as export
 from tfssd.model.ssd import ssd_network
-from tfssd.ops.image_check import ImageError, inspect_image
+from tfssd.ops.image_check import SERVED_FORMATS, ImageError, inspect_image
 from tfssd.ops.image_ops import declared_pixels, decode_image_within
 from tfssd.training import state
 from tfssd.training.distribution import Cluster
@@ -111,6 +111,39 @@ def test_declared_size_is_read_from_the_header_before_decoding(corpus):
         decode_image_within(tf.constant(open(corpus["huge.png"], "rb").read()), 1_000_000)
     image = decode_image_within(tf.constant(open(corpus["good.jpg"], "rb").read()), 1_000_000)
     assert image.shape == (32, 64, 3)
+
+
+def _every_decodable_format() -> dict[str, bytes]:
+    """One 64 x 32 image in each format TensorFlow decodes, as PIL writes it."""
+    image = Image.new("RGB", (64, 32), (200, 10, 10))
+    out = {}
+    for name, fmt, options in [("jpeg", "JPEG", {}), ("png", "PNG", {}), ("bmp", "BMP", {}),
+                               ("gif", "GIF", {}), ("webp_lossy", "WEBP", {}),
+                               ("webp_lossless", "WEBP", {"lossless": True}),
+                               ("webp_extended", "WEBP", {"exif": Image.Exif().tobytes()}),
+                               ("mpo", "MPO", {"save_all": True, "append_images": [image]}),
+                               ("gif_frames", "GIF", {"save_all": True, "append_images": [
+                                   Image.new("RGB", (64, 32), (0, 0, c)) for c in range(9)]})]:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        out[name] = buffer.getvalue()
+    return out
+
+
+def test_every_format_tensorflow_decodes_is_under_the_pixel_limit():
+    """The serving graph's limit covers every format decode_image reads (WebP and MPO too);
+    the host's check accepts the same ones."""
+    formats = _every_decodable_format()
+    assert formats["webp_extended"][12:16] == b"VP8X" and formats["mpo"][:3] == b"\xff\xd8\xff"
+    for name, data in formats.items():
+        assert int(declared_pixels(tf.constant(data))) == 64 * 32, name
+        assert decode_image_within(tf.constant(data), 64 * 32).shape == (32, 64, 3), name
+        with pytest.raises(tf.errors.InvalidArgumentError, match="declares more than"):
+            decode_image_within(tf.constant(data), 64 * 32 - 1)
+        info = inspect_image(data, name, max_pixels=64 * 32, formats=SERVED_FORMATS)
+        assert (info.width, info.height) == (64, 32), name
+    with pytest.raises(tf.errors.InvalidArgumentError, match="header gives its size"):
+        decode_image_within(tf.constant(b"II*\x00" + b"\x00" * 60), 64 * 32)  # a TIFF
 
 
 # -- the converter ---------------------------------------------------------------------------

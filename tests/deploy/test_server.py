@@ -129,7 +129,8 @@ def test_ping_model_status_and_execution_parameters(served):
     url = served["main"].url
     status, _, body = call(url + "/ping")
     assert status == 200
-    assert json.loads(body).keys() == {"status", "model", "version", "batches", "images"}
+    assert json.loads(body).keys() == {"status", "model", "version", "batches", "images",
+                                       "connections"}
     for path in ("/v1/models/ssd", "/v1/models/ssd/versions/1"):
         status, _, body = call(url + path)
         assert status == 200

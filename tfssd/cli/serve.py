@@ -4,7 +4,8 @@
 
 Inside a SageMaker container (``docker run IMAGE serve``, docker/serve) the model comes from
 /opt/ml/model and the port from SAGEMAKER_BIND_TO_PORT unless the flags give them. Routes,
-batching and limits: tfssd/serving.py; request and response bodies: tfssd/serving_formats.py.
+batching and limits: tfssd/deploy/server.py; request and response bodies:
+tfssd/deploy/contracts.py.
 """
 
 from __future__ import annotations
@@ -40,8 +41,23 @@ def define_flags() -> None:
                        "few ms can pay on an accelerator; on a CPU it only adds latency.",
                        lower_bound=0)
     flags.DEFINE_integer("max_queue", 32,
-                         "Most requests admitted at once (being read, waiting or in the model); "
-                         "more are answered 503 with Retry-After.", lower_bound=1)
+                         "Most requests admitted at once once their body is read (being parsed, "
+                         "waiting or in the model); more are answered 503 with Retry-After.",
+                         lower_bound=1)
+    flags.DEFINE_integer("max_images_per_request", 64,
+                         "Most images in one request (JSON instances or JSON lines); more are "
+                         "answered 413 before any is decoded.", lower_bound=1)
+    flags.DEFINE_integer("max_connections", 64,
+                         "Most open connections; more are answered 503 and closed. With "
+                         "--max_body_bytes it bounds the memory of bodies being received.",
+                         lower_bound=1)
+    flags.DEFINE_float("header_timeout_s", 10.0,
+                       "A connection that has not sent a complete request head within this "
+                       "(also: idle this long between keep-alive requests) is closed.",
+                       lower_bound=0.1)
+    flags.DEFINE_float("body_timeout_s", 10.0,
+                       "A request body not received within this is answered 408.",
+                       lower_bound=0.1)
     flags.DEFINE_integer("max_body_bytes", 16 * 2**20,
                          "Largest request body; larger ones are answered 413.", lower_bound=1)
     flags.DEFINE_integer("max_image_pixels", 4096 * 4096,
@@ -79,13 +95,21 @@ def main(argv):
     limits = serving.Limits(max_batch_size=FLAGS.max_batch_size,
                             batch_timeout_ms=FLAGS.batch_timeout_ms, max_queue=FLAGS.max_queue,
                             max_body_bytes=FLAGS.max_body_bytes,
-                            max_image_pixels=FLAGS.max_image_pixels)
+                            max_image_pixels=FLAGS.max_image_pixels,
+                            max_images_per_request=FLAGS.max_images_per_request,
+                            max_connections=FLAGS.max_connections,
+                            header_timeout_s=FLAGS.header_timeout_s,
+                            body_timeout_s=FLAGS.body_timeout_s)
     logging.info("Model %s (version %d, classes: %s); %s", detector.path, detector.version,
                  ", ".join(detector.labels) or "unnamed", limits)
+    bound = limits.memory_bound()
+    logging.info("Requests can hold at most %.0f MiB beside the model: %s.",
+                 sum(bound.values()) / 2**20,
+                 "; ".join(f"{what} {size / 2**20:.0f} MiB" for what, size in bound.items()))
     try:
         serving.serve(serving.make_app(detector, FLAGS.model_name, limits), FLAGS.host, port,
                       f"Serving {FLAGS.model_name!r} (SageMaker: /ping, /invocations; TF "
-                      f"Serving: /v1/models/{FLAGS.model_name}:predict)")
+                      f"Serving: /v1/models/{FLAGS.model_name}:predict)", limits)
     except OSError as e:
         if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise

@@ -87,6 +87,10 @@ def _load_json(body: bytes, what: str):
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"{what}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise RequestError(400, f"{what}: JSON nested too deeply") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise RequestError(400, f"{what}: unusable JSON ({e})") from None
 
 
 def _preview(value) -> str:
@@ -106,13 +110,20 @@ def _instance_bytes(instance, name: str) -> bytes:
         raise RequestError(400, f"{name}.b64: not valid base64 ({e})") from None
 
 
-def _instances(document, key: str) -> Images:
+def _check_count(count: int, max_images: int) -> None:
+    if max_images and count > max_images:
+        raise RequestError(413, f"{count} images in one request, over the limit of {max_images} "
+                                "(--max_images_per_request); send them in several requests")
+
+
+def _instances(document, key: str, max_images: int) -> Images:
     instances = document.get(key) if isinstance(document, dict) else None
     if isinstance(instances, dict) and set(instances) == {"images"}:  # {"inputs": {"images": []}}
         instances = instances["images"]
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, f'expected a JSON object {{"{key}": [{INSTANCE}, ...]}} with at '
                                 f"least one image, got {_preview(document)}")
+    _check_count(len(instances), max_images)
     return [(f"{key}[{n}]", _instance_bytes(item, f"{key}[{n}]"))
             for n, item in enumerate(instances)]
 
@@ -127,23 +138,27 @@ def _check_images(images: Images, max_pixels: int) -> Images:
     return images
 
 
-def parse_invocation(content_type: str, body: bytes,
-                     max_pixels: int) -> tuple[str, Images]:
-    """A /invocations body -> (its content type, checked (name, image bytes) pairs)."""
+def parse_invocation(content_type: str, body: bytes, max_pixels: int,
+                     max_images: int = 0) -> tuple[str, Images]:
+    """A /invocations body -> (its content type, checked (name, image bytes) pairs).
+
+    ``max_images`` (0: no limit) refuses (413) a body of more images, before any is decoded.
+    """
     if content_type in IMAGE_TYPES:
         images = [("request body", body)]
     elif content_type == JSON_TYPE:
-        images = _instances(_load_json(body, "request body"), "instances")
+        images = _instances(_load_json(body, "request body"), "instances", max_images)
     else:
         lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
         if not lines:
             raise RequestError(400, f"request body: empty; expected one {INSTANCE} a line")
+        _check_count(len(lines), max_images)
         images = [(f"line {n}", _instance_bytes(_load_json(line, f"line {n}"), f"line {n}"))
                   for n, line in lines]
     return content_type, _check_images(images, max_pixels)
 
 
-def parse_predict(body: bytes, max_pixels: int) -> tuple[str, Images]:
+def parse_predict(body: bytes, max_pixels: int, max_images: int = 0) -> tuple[str, Images]:
     """A TF Serving predict body -> ("instances" or "inputs", checked images)."""
     document = _load_json(body, "request body")
     if isinstance(document, dict):
@@ -152,5 +167,10 @@ def parse_predict(body: bytes, max_pixels: int) -> tuple[str, Images]:
             raise RequestError(400, f"signature_name {signature!r} is not served; this server "
                                     f"serves {SIGNATURE!r} (encoded images)")
     key = "inputs" if isinstance(document, dict) and "inputs" in document else "instances"
-    return key, _check_images(_instances(document, key), max_pixels)
+    return key, _check_images(_instances(document, key, max_images), max_pixels)
+
+
+def predict_response(detections: list[dict[str, np.ndarray]], key: str) -> str:
+    """The TF Serving predict response body as JSON text."""
+    return json.dumps(to_tf_serving(detections, key))
 

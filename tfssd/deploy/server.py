@@ -8,24 +8,32 @@ Routes (aiohttp; the bodies are in serving_formats.py; every refusal is JSON, ``
   POST /v1/models/NAME[/versions/N]:predict   TF Serving's REST predict
   GET  /v1/models/NAME[/versions/N]           TF Serving's model status
 
-Every image is checked (``image_check.inspect_image``) before the model sees it. The images of
-requests that arrive together run as one batch (at most ``max_batch_size``; a batch that is not
-full waits at most ``batch_timeout_ms`` for more), one batch at a time, in a thread of its own,
-so the event loop keeps answering: images that arrive while a batch runs form the next one.
-``GET /ping`` counts the batches and images run so far. At most ``max_queue`` requests are
-admitted at once (reading their body, waiting or in the model); past that the answer is 503 with
-Retry-After, so memory stays bounded by about ``max_queue x max_body_bytes`` plus one batch of
-decoded images.
+What a request goes through, and what bounds it (``Limits``):
+
+1. a connection: at most ``max_connections`` at once (more are answered 503 and closed); one
+   that has not sent a complete request head within ``header_timeout_s`` is closed;
+2. its body is read within ``body_timeout_s`` (else 408), at most ``max_body_bytes`` (413);
+3. admission: at most ``max_queue`` requests past their body at once (more: 503, Retry-After);
+   admitted, the body is parsed and every image checked (``image_check.inspect_image``, at most
+   ``max_images_per_request`` of them, else 413) on a small pool of threads;
+4. the model: the images of requests that arrive together run as one batch (at most
+   ``max_batch_size``; one that is not full waits at most ``batch_timeout_ms`` for more), one
+   batch at a time in a thread of its own, so the event loop keeps answering;
+5. the response is encoded as JSON on the same pool, never on the event loop.
+
+``memory_bound`` computes what these limits let requests hold at once. ``GET /ping`` counts the
+batches and images run so far.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import os
+import signal
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +41,7 @@ from absl import logging
 from aiohttp import web
 
 from tfssd.deploy import saved_model as export
+from tfssd.deploy.batcher import Batcher
 from tfssd.deploy.contracts import (
     INSTANCE,
     INVOCATION_TYPES,
@@ -43,11 +52,16 @@ from tfssd.deploy.contracts import (
     invocation_response,
     parse_invocation,
     parse_predict,
-    to_tf_serving,
+    predict_response,
 )
 
-BODY_TIMEOUT_S = 30.0  # a client slower than this to send its body gives its slot back (408)
 RETRY_AFTER_S = 1
+LINGERING_S = 0.5
+PARSE_THREADS = 2  # parsing, image checks and response encoding of admitted requests
+# Bytes a request holds beyond its body, per image: the JSON of TF Serving's 200 padded rows.
+RESPONSE_BYTES_PER_IMAGE = 32_000
+DECODED_BYTES_PER_PIXEL = 15  # the serving graph: uint8 RGB decoded, then float32 resized
+CHECKED_BYTES_PER_PIXEL = 4  # the host's check decodes with PIL, up to RGBA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +69,26 @@ class Limits:
     """What one server accepts and holds at once."""
     max_batch_size: int = 8
     batch_timeout_ms: float = 0.0  # measured: on CPU any wait costs more latency than it gains
-    max_queue: int = 32  # requests admitted at once
+    max_queue: int = 32  # requests past their body at once (parsed, waiting, in the model)
     max_body_bytes: int = 16 * 2**20
     max_image_pixels: int = 4096 * 4096  # decoded in the graph as float32: ~250 MB an image
+    max_images_per_request: int = 64
+    max_connections: int = 64
+    header_timeout_s: float = 10.0  # a request head (and an idle keep-alive gap) at most this
+    body_timeout_s: float = 10.0  # a body received within this, or 408 and the slot is free
+
+    def memory_bound(self) -> dict[str, int]:
+        """Bytes that requests can hold at once beyond the model, by what holds them."""
+        return {
+            "bodies (max_connections x max_body_bytes)": self.max_connections
+            * self.max_body_bytes,
+            "decoded base64 and responses of admitted requests": self.max_queue * (
+                self.max_body_bytes * 3 // 4
+                + self.max_images_per_request * RESPONSE_BYTES_PER_IMAGE),
+            "image checks": PARSE_THREADS * CHECKED_BYTES_PER_PIXEL * self.max_image_pixels,
+            "one batch decoded in the graph": self.max_batch_size * DECODED_BYTES_PER_PIXEL
+            * self.max_image_pixels,
+        }
 
 
 class Detector:
@@ -83,98 +114,6 @@ class Detector:
         self([tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()])
 
 
-@dataclasses.dataclass
-class _Item:
-    name: str
-    image: bytes
-    future: asyncio.Future
-
-
-class Batcher:
-    """Runs the images of concurrent requests through the model in batches, one at a time."""
-
-    def __init__(self, model, max_batch_size: int, timeout_s: float):
-        self._model, self._max, self._timeout_s = model, max_batch_size, timeout_s
-        self._pending: collections.deque[_Item] = collections.deque()
-        self._arrived = asyncio.Event()
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tfssd-model")
-        self._task: asyncio.Task | None = None
-        self.batches = self.images = 0  # run so far: images / batches is the mean batch size
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(RequestError(503, "the server is shutting down"))
-        self._thread.shutdown(wait=True)
-
-    async def detect(self, images: list[tuple[str, bytes]]) -> list[dict[str, np.ndarray]]:
-        """(name, encoded image) pairs -> one dict of detections per image, in order."""
-        loop = asyncio.get_running_loop()
-        items = [_Item(name, data, loop.create_future()) for name, data in images]
-        self._pending.extend(items)
-        self._arrived.set()
-        return list(await asyncio.gather(*(item.future for item in items)))
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-            deadline = loop.time() + self._timeout_s
-            while len(self._pending) < self._max and (left := deadline - loop.time()) > 0:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
-            batch = [self._pending.popleft() for _ in range(min(self._max, len(self._pending)))]
-            batch = [item for item in batch if not item.future.done()]
-            self.batches, self.images = self.batches + 1, self.images + len(batch)
-            try:
-                outcomes = await loop.run_in_executor(self._thread, self._run_batch, batch)
-            except Exception as e:  # never let the loop die: every later request would hang
-                logging.exception("batch failed")
-                outcomes = [RequestError(500, f"internal error: {type(e).__name__}")] * len(batch)
-            for item, outcome in zip(batch, outcomes):
-                if item.future.done():
-                    continue
-                if isinstance(outcome, Exception):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
-
-    def _run_batch(self, batch: list[_Item]) -> list:
-        if not batch:
-            return []
-        try:
-            detections = self._model([item.image for item in batch])
-            return [{key: value[n] for key, value in detections.items()}
-                    for n in range(len(batch))]
-        except Exception as e:
-            if len(batch) == 1:
-                return [_model_failure(batch[0].name, e)]
-        # One image the model cannot take fails its whole batch: run each alone, so only it fails.
-        return [self._run_batch([item])[0] for item in batch]
-
-
-def _model_failure(name: str, error: Exception) -> RequestError:
-    if isinstance(error, tf.errors.InvalidArgumentError):
-        first_line = (error.message or "").strip().splitlines()[:1]
-        return RequestError(400, f"{name}: the model cannot decode this image "
-                                 f"({' '.join(first_line)})")
-    logging.error("model call failed on %s", name, exc_info=error)
-    return RequestError(500, f"{name}: the model failed ({type(error).__name__}); see the log")
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -185,7 +124,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RequestError as e:
-        return _error(e.status, e.message, e.headers)
+        response = _error(e.status, e.message, e.headers)
+        if e.status in (408, 413):  # a body left unread: the connection cannot go on
+            response.force_close()
+        return response
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -209,13 +151,17 @@ class _Endpoint:
     def __init__(self, model: Detector, model_name: str, limits: Limits):
         self._model, self._name, self._limits = model, model_name, limits
         self._batcher = Batcher(model, limits.max_batch_size, limits.batch_timeout_ms / 1000)
+        self._pool = concurrent.futures.ThreadPoolExecutor(PARSE_THREADS,
+                                                           thread_name_prefix="tfssd-parse")
         self._in_flight = 0
+        self.open_connections = lambda: 0  # set by serve(): the server's connection count
 
     async def start(self, app: web.Application) -> None:
         self._batcher.start()
 
     async def stop(self, app: web.Application) -> None:
         await self._batcher.stop()
+        self._pool.shutdown(wait=True)
 
     @contextlib.asynccontextmanager
     async def _admitted(self):
@@ -230,31 +176,38 @@ class _Endpoint:
             self._in_flight -= 1
 
     async def _read(self, request: web.Request) -> bytes:
-        limit = self._limits.max_body_bytes
+        limit, deadline = self._limits.max_body_bytes, self._limits.body_timeout_s
         too_large = RequestError(413, f"request body over the limit of {limit} bytes "
                                       "(--max_body_bytes)")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(deadline):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
         except TimeoutError:
-            raise RequestError(408, f"request body not received within {BODY_TIMEOUT_S:g} "
-                                    "s") from None
+            raise RequestError(408, f"request body not received within {deadline:g} s "
+                                    "(--body_timeout_s)") from None
 
-    async def _detect(self, request: web.Request, parse, *args):
+    async def _off_loop(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    async def _respond(self, request: web.Request, parse, render, *args) -> str:
+        """Body read (no slot held), then admitted: parsed, detected and rendered off the loop."""
+        body = await self._read(request)
         async with self._admitted():
-            body = await self._read(request)
-            loop = asyncio.get_running_loop()  # base64, JSON and image checks off the loop
-            kind, images = await loop.run_in_executor(None, parse, *args, body,
-                                                      self._limits.max_image_pixels)
-            return kind, await self._batcher.detect(images)
+            kind, images = await self._off_loop(parse, *args, body,
+                                                self._limits.max_image_pixels,
+                                                self._limits.max_images_per_request)
+            del body
+            detections = await self._batcher.detect(images)
+            return await self._off_loop(render, detections, kind)
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self._name,
                                   "version": self._model.version,
+                                  "connections": self.open_connections(),
                                   "batches": self._batcher.batches,
                                   "images": self._batcher.images})
 
@@ -271,9 +224,11 @@ class _Endpoint:
                                     "(image/jpeg, image/png, application/x-image), "
                                     f'application/json {{"instances": [{INSTANCE}, ...]}} or '
                                     f"application/jsonlines (one {INSTANCE} a line)")
-        _, detections = await self._detect(request, parse_invocation, content_type)
+        text = await self._respond(request, parse_invocation,
+                                   lambda detections, kind: invocation_response(kind, detections),
+                                   content_type)
         jsonlines = content_type in JSONLINES_TYPES
-        return web.Response(text=invocation_response(content_type, detections),
+        return web.Response(text=text,
                             content_type=JSONLINES_TYPES[0] if jsonlines else JSON_TYPE)
 
     def _check_model(self, request: web.Request) -> None:
@@ -293,8 +248,11 @@ class _Endpoint:
 
     async def predict(self, request: web.Request) -> web.Response:
         self._check_model(request)  # any Content-Type: TF Serving's curl examples send none
-        key, detections = await self._detect(request, parse_predict)
-        return web.json_response(to_tf_serving(detections, key))
+        text = await self._respond(request, parse_predict, predict_response)
+        return web.Response(text=text, content_type=JSON_TYPE)
+
+
+ENDPOINT = web.AppKey("endpoint", _Endpoint)
 
 
 def make_app(model: Detector, model_name: str = "ssd",
@@ -303,6 +261,7 @@ def make_app(model: Detector, model_name: str = "ssd",
     limits = limits or Limits()
     endpoint = _Endpoint(model, model_name, limits)
     app = web.Application(client_max_size=limits.max_body_bytes, middlewares=[json_errors])
+    app[ENDPOINT] = endpoint
     name, version = "{name:[^/:]+}", "{version:[^/:]+}"
     app.router.add_get("/ping", endpoint.ping)
     app.router.add_get("/execution-parameters", endpoint.execution_parameters)
@@ -316,7 +275,56 @@ def make_app(model: Detector, model_name: str = "ssd",
     return app
 
 
-def serve(app: web.Application, host: str, port: int, announce: str) -> None:
+_BUSY = json.dumps({"error": "busy: too many connections (--max_connections); retry later"})
+_BUSY_RESPONSE = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON_TYPE}\r\n"
+                  f"Retry-After: {RETRY_AFTER_S}\r\nConnection: close\r\n"
+                  f"Content-Length: {len(_BUSY)}\r\n\r\n{_BUSY}").encode()
+
+
+def _bound_connections(server: web.Server, max_connections: int) -> None:
+    """Answers 503 and closes each connection beyond ``max_connections`` at once."""
+    accept = server.connection_made
+
+    def refuse(transport) -> None:
+        if not transport.is_closing():
+            transport.write(_BUSY_RESPONSE)
+            transport.close()
+
+    def connection_made(handler, transport) -> None:
+        accept(handler, transport)
+        if len(server.connections) > max_connections:
+            # Once aiohttp's handler has started (it is scheduled after this returns).
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, refuse, transport)
+
+    server.connection_made = connection_made
+
+
+async def _serve(app: web.Application, host: str, port: int, announce: str,
+                 limits: Limits) -> None:
+    # keepalive_timeout also closes a connection idle before its first request head is complete
+    # (aiohttp arms it when the connection opens): the deadline for headers.
+    # lingering_time: after refusing a body (408, 413), aiohttp reads what still arrives for so
+    # long before it closes; a stalled client would hold its connection for that time.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout_s,
+                           lingering_time=LINGERING_S, handle_signals=False)
+    await runner.setup()
+    _bound_connections(runner.server, limits.max_connections)
+    app[ENDPOINT].open_connections = lambda: len(runner.server.connections)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        logging.info("%s: http://%s:%d", announce, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
+        await stop.wait()
+        logging.info("Stopping.")
+    finally:
+        await runner.cleanup()
+
+
+def serve(app: web.Application, host: str, port: int, announce: str,
+          limits: Limits | None = None) -> None:
     """Serves ``app`` until SIGINT or SIGTERM; logs ``announce`` once listening."""
-    web.run_app(app, host=host, port=port, access_log=None,
-                print=lambda _: logging.info("%s: http://%s:%d", announce, host, port))
+    asyncio.run(_serve(app, host, port, announce, limits or Limits()))

@@ -15,9 +15,11 @@ import warnings
 from PIL import Image
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: 10000 x 10000; 300 MB as RGB uint8
-SERVED_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads
+# What tf.io.decode_image reads, by PIL's names: MPO is a JPEG holding several images (phone
+# cameras write them), of which the first is decoded; of a GIF, the first frame.
+SERVED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP")
 _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
-               (b"BM", "BMP"))
+               (b"BM", "BMP"), (b"RIFF", "WEBP"))
 
 
 class ImageError(ValueError):
