@@ -111,13 +111,14 @@ class EvaluationReport:
 def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
              metrics: Sequence[str] = ("voc",), overlap_threshold: float = 0.5,
              ap_method: str = "11point", label_width: int = 350, batch_size: int = 16,
-             skip_corrupt_records: bool = False, num_threads: int | None = None
-             ) -> EvaluationReport:
+             input_format: str = "auto", skip_corrupt_records: bool = False,
+             num_threads: int | None = None) -> EvaluationReport:
     """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images.
 
     Args:
       model: what ``load`` takes.
-      validation: TFRecord files, globs or directories.
+      validation: TFRecord files, globs or directories, in tfssd's schema or the TF Object
+        Detection API's (``input_format``: auto, tfssd or odapi).
       metrics: any of ``voc`` (AP at ``overlap_threshold``), ``coco`` (pycocotools).
       The rest: as tfssd-evaluate's flags of the same names.
 
@@ -138,17 +139,18 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
         raise ValueError(f"validation={','.join(patterns)}: no file matches")
     import tensorflow as tf
 
-    from tfssd.data import pipeline
+    from tfssd.data import pipeline, schema
     from tfssd.evaluation.coco_ap import COCOEvaluator
     from tfssd.evaluation.validation import evaluate_batches
     from tfssd.evaluation.voc_ap import DetectionEvaluator
     from tfssd.ops.image_check import inspect_image
     from tfssd.training import errors
 
+    resolved_format = schema.resolve_format(files, input_format)  # ValueError names the file
     detector = load(model, num_threads)
     class_names = detector.class_names
     dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=label_width,
-                                          batch_size=batch_size,
+                                          batch_size=batch_size, input_format=resolved_format,
                                           skip_corrupt_records=skip_corrupt_records)
     evaluator = DetectionEvaluator(len(class_names), overlap_threshold, ap_method)
     coco = COCOEvaluator(len(class_names)) if "coco" in metrics else None
@@ -163,7 +165,7 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
         result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]),
                                   evaluator, add_to_coco if coco else None)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-        known = errors.data_error(e, files, "tfssd")
+        known = errors.data_error(e, files, resolved_format)
         raise EvaluationDataError(str(known if known is not e else errors.cause(e))) from None
     return EvaluationReport(model_path=detector.path, num_images=evaluator.num_images,
                             class_names=list(class_names),

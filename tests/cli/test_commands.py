@@ -77,6 +77,45 @@ def test_evaluate_the_exported_model(trained):
     assert "circle" in result.stdout and "8 images" in result.stdout
 
 
+def _as_odapi(tfssd_files: list[str], path: str) -> None:
+    """tfssd's records rewritten in the TF Object Detection API's schema (labels from 1)."""
+    import tensorflow as tf
+
+    from tfssd.data import schema
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in tf.data.TFRecordDataset(tfssd_files):
+            example = schema.parse_example(record)
+            boxes, classes, _ = schema.label_to_objects(example["label"])  # yxyx, from 0
+            boxes, classes = boxes.numpy(), classes.numpy()
+            floats = lambda values: tf.train.Feature(float_list=tf.train.FloatList(value=values))
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[example["image_bytes"].numpy()])),
+                "image/object/bbox/ymin": floats(boxes[:, 0]),
+                "image/object/bbox/xmin": floats(boxes[:, 1]),
+                "image/object/bbox/ymax": floats(boxes[:, 2]),
+                "image/object/bbox/xmax": floats(boxes[:, 3]),
+                "image/object/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=classes + 1)),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(
+                feature=feature)).SerializeToString())
+
+
+def test_evaluate_takes_object_detection_api_records(trained):
+    """Such records train directly; they evaluate the same, with --input_format detected."""
+    work = trained["work"]
+    _as_odapi(sorted(glob.glob(f"{work}/data/val-*")), f"{work}/odapi_val.tfrecord")
+    maps = []
+    for validation in (f"{work}/data/val-*", f"{work}/odapi_val.tfrecord"):
+        result = run("-m", "tfssd.cli.evaluate", f"--model={trained['model_dir']}/export",
+                     f"--validation={validation}")
+        maps.append(re.search(METRIC_REGEXES["validation:mAP"], result.stdout).group(1))
+    print("validation mAP, tfssd and OD API records:", maps)
+    assert float(maps[0]) > 0 and maps[0] == maps[1] and "8 images" in result.stdout
+
+
 def _console_scripts() -> dict[str, str]:
     import configparser
 

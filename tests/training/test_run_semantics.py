@@ -89,6 +89,11 @@ def test_early_stopping_acts_where_the_rules_say(shapes_tfrecords, tmp_path, mon
     # improvement and min_epochs reached -> stop after epoch 4.
     assert result.stopped_early and result.epochs_completed == 4
     assert result.best_map == pytest.approx(0.31) and result.best_epoch == 4
+    # The same command again trains nothing and writes no new export version.
+    again = training.train(config, tf.distribute.get_strategy(), Cluster())
+    assert again.global_step == result.global_step and again.stopped_early
+    assert again.export_path == result.export_path
+    assert os.listdir(tmp_path / "run" / "export") == ["1"]
 
 
 @pytest.mark.slow

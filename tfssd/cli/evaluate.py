@@ -31,6 +31,9 @@ def define_flags() -> None:
     flags.DEFINE_enum("ap_method", "11point", ["11point", "allpoint"], "VOC AP interpolation.")
     flags.DEFINE_integer("label_width", 350, "Labels are at most this long.")
     flags.DEFINE_integer("batch_size", 16, "Images per call of the model.")
+    flags.DEFINE_enum("input_format", "auto", ["auto", "tfssd", "odapi"],
+                      "TFRecord schema: tfssd's, odapi (TF Object Detection API: image/object/"
+                      "bbox/*, class labels from 1), or auto (detected).")
     flags.DEFINE_bool("skip_corrupt_records", False,
                       "Skip records whose label does not fit --label_width or is invalid, "
                       "instead of stopping with the record named.")
@@ -51,7 +54,7 @@ def main(argv):
             FLAGS.model or FLAGS.saved_model, FLAGS.validation, metrics=FLAGS.metrics,
             overlap_threshold=FLAGS.overlap_threshold, ap_method=FLAGS.ap_method,
             label_width=FLAGS.label_width, batch_size=FLAGS.batch_size,
-            skip_corrupt_records=FLAGS.skip_corrupt_records, num_threads=FLAGS.num_threads)
+            input_format=FLAGS.input_format, skip_corrupt_records=FLAGS.skip_corrupt_records, num_threads=FLAGS.num_threads)
     except api.EvaluationDataError as e:
         print(f"tfssd-evaluate: {e}", file=sys.stderr)
         sys.exit(1)

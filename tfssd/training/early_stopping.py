@@ -35,4 +35,9 @@ class EarlyStopping:
             self.epochs_without_improvement += 1
         if self.best is None or score > self.best:
             self.best, self.best_epoch = score, epoch
-        return epoch >= self.min_epochs and self.epochs_without_improvement >= self.patience
+        return self.says_stop(epoch)
+
+    def says_stop(self, epochs_run: int) -> bool:
+        """Whether the record after ``epochs_run`` epochs stops training (a rerun asks this)."""
+        return (self.best is not None and epochs_run >= self.min_epochs
+                and self.epochs_without_improvement >= self.patience)

@@ -228,8 +228,14 @@ class Trainer:
             f"seed {self.state.seed}.")
         if step == 0:
             self.reporter.hyperparameters()
-        if step >= cfg.total_steps:
-            self.reporter.log("The run in this model directory is complete; nothing to train.")
+        # A run that early stopping ended is as finished as one that ran all its epochs.
+        stopped_before = (self.config.early_stopping.enabled and step % cfg.steps_per_epoch == 0
+                          and early.says_stop(step // cfg.steps_per_epoch))
+        if step >= cfg.total_steps or stopped_before:
+            self.reporter.log("The run in this model directory is complete"
+                              f"{' (stopped early)' if stopped_before else ''}; nothing to train.")
+        if stopped_before:
+            return self._finish(step, True, early, trained=False)
         controller = Controller(self.config, self.runner, self.state, self.checkpoints,
                                 self.reporter, self.evaluate if self._validates() else None)
         first_step = step
