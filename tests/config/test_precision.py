@@ -126,3 +126,18 @@ def test_bfloat16_export_detects_like_the_float32_one(shapes_tfrecords, tmp_path
                                out["float32"]["detection_scores"][:, :10], atol=0.02)
     np.testing.assert_allclose(out["bfloat16"]["detection_boxes"][:, 0],
                                out["float32"]["detection_boxes"][:, 0], atol=0.02)
+
+
+@pytest.mark.slow
+def test_loss_scale_state_is_checkpointed_and_resumed(shapes_tfrecords, tmp_path):
+    """mixed_float16 resumes exactly: the dynamic loss scale and its step counter come back."""
+    trainer = _trainer(shapes_tfrecords, tmp_path / "run", "mixed_float16")
+    trainer.train()
+    trainer.optimizer.dynamic_scale.assign(1234.0)  # as if overflows had lowered it
+    trainer.optimizer.step_counter.assign(7)
+    trainer.checkpoints.save(trainer.state.step)
+    longer = dataclasses.replace(trainer.config, train=dataclasses.replace(
+        trainer.config.train, epochs=2))
+    resumed = training.Trainer(longer, tf.distribute.get_strategy(), Cluster())
+    assert float(resumed.optimizer.dynamic_scale.numpy()) == 1234.0
+    assert int(resumed.optimizer.step_counter.numpy()) == 7

@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -204,3 +205,18 @@ def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
     config = factory.build_config(values, options)
     assert config.train.steps_per_epoch == 518 and config.train.lr_boundaries == (82880, 103600)
     assert build_ssd(config.model).num_anchors == anchors
+
+
+@pytest.mark.slow
+def test_the_schedule_as_the_trainer_wires_it_and_logs_it(shapes_tfrecords, tmp_path, caplog):
+    """Epoch 1's four steps run at 0.01, epoch 2's at 0.001 (lr_scheduler_step=1); each log line
+    gives the rate its step ran with, and the optimizer holds the next step's."""
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=2, learning_rate=0.01,
+                         lr_scheduler_step=(1,), log_every_steps=1, optimizer="adam")
+    trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())
+    caplog.set_level("INFO")
+    trainer.train()
+    logged = [float(m) for m in re.findall(r"step \d+/4 loss .* lr ([0-9.e-]+) ", caplog.text)]
+    assert logged == [0.01] * 4 + [0.001] * 4, logged
+    assert float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate)) == \
+        pytest.approx(0.001)

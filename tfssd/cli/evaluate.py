@@ -54,7 +54,8 @@ def main(argv):
             FLAGS.model or FLAGS.saved_model, FLAGS.validation, metrics=FLAGS.metrics,
             overlap_threshold=FLAGS.overlap_threshold, ap_method=FLAGS.ap_method,
             label_width=FLAGS.label_width, batch_size=FLAGS.batch_size,
-            input_format=FLAGS.input_format, skip_corrupt_records=FLAGS.skip_corrupt_records, num_threads=FLAGS.num_threads)
+            input_format=FLAGS.input_format, skip_corrupt_records=FLAGS.skip_corrupt_records,
+            num_threads=FLAGS.num_threads)
     except api.EvaluationDataError as e:
         print(f"tfssd-evaluate: {e}", file=sys.stderr)
         sys.exit(1)

@@ -20,6 +20,7 @@ import urllib.request
 import h5py
 import keras
 import numpy as np
+from absl import logging
 
 from tfssd.model import vgg16
 
@@ -175,4 +176,7 @@ def load_imagenet_weights(model: keras.Model, base_network: str,
     if base_network == "vgg-16" and set(loaded) != expected_layers:
         raise PretrainedWeightsError(
             f"{path}: no weights for {sorted(expected_layers - set(loaded))}")
+    # The run's log says that use_pretrained_model=1 took effect, and with which file.
+    logging.info("Backbone initialised from ImageNet weights %s: %d layers (%s ... %s).", path,
+                 len(loaded), loaded[0] if loaded else "-", loaded[-1] if loaded else "-")
     return loaded

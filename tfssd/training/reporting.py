@@ -43,7 +43,7 @@ class Reporter:
         self.config = config
         self.cluster = cluster
         self.class_names = class_names
-        self._learning_rate = learning_rate  # () -> the current rate
+        self._learning_rate = learning_rate  # () -> the rate of the last step run
         writer = tf.summary.create_file_writer if cluster.is_chief else (
             lambda _: tf.summary.create_noop_writer())
         self.train_writer = writer(os.path.join(directory, "train"))

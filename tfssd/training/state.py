@@ -126,12 +126,22 @@ class Checkpoints:
     """The run's checkpoints (model, optimizer, state) and the best-mAP weights beside them."""
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 state: RunState, directory: str, max_to_keep: int):
+                 state: RunState, directory: str, max_to_keep: int,
+                 loss_scale: keras.optimizers.LossScaleOptimizer | None = None):
+        """``optimizer`` is the inner optimizer; ``loss_scale`` the mixed_float16 wrapper, whose
+        scale and step counter are saved beside it (and restored only where both have them, so
+        that a run resumes under any precision)."""
         self.model = model
-        self.checkpoint = tf.train.Checkpoint(
+        required = dict(
             model=model, optimizer=optimizer, global_step=state.global_step,
             run_seed=state.run_seed, best_map=state.best_map, best_epoch=state.best_epoch,
             bad_epochs=state.bad_epochs)
+        self._required = tf.train.Checkpoint(**required)
+        self._loss_scale = None if loss_scale is None else tf.train.Checkpoint(
+            loss_scale=tf.train.Checkpoint(scale=loss_scale.dynamic_scale,
+                                           steps=loss_scale.step_counter))
+        self.checkpoint = tf.train.Checkpoint(**required, **(
+            {} if loss_scale is None else {"loss_scale": self._loss_scale.loss_scale}))
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                   max_to_keep=max_to_keep)
         self.best_manager = tf.train.CheckpointManager(
@@ -152,8 +162,13 @@ class Checkpoints:
         self.best_manager.save(checkpoint_number=step)
 
     def resume(self, path: str) -> None:
-        """Restores everything a checkpoint of this run holds (it must match exactly)."""
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        """Restores everything a checkpoint of this run holds (the network, optimizer and state
+        must match exactly; the loss scale is restored where the checkpoint has one)."""
+        status = self._required.restore(path)
+        status.assert_existing_objects_matched()
+        status.expect_partial()  # a mixed_float16 checkpoint's loss scale, restored below
+        if self._loss_scale is not None:
+            self._loss_scale.restore(path).expect_partial()
 
     def load_weights(self, path: str) -> None:
         """Restores only the network's weights (best weights, --init_from).

@@ -109,10 +109,11 @@ class Trainer:
                               if precision.uses_loss_scaling(cfg.precision) else optimizer)
             self.optimizer.build(self.model.trainable_variables)
         state.check_run_file(cfg.model_dir, geometry, self.class_names, write=cluster.is_chief)
+        scaled = self.optimizer if self.optimizer is not optimizer else None
         self.checkpoints = state.Checkpoints(self.model, optimizer, self.state,
-                                             self.model_dir, cfg.max_checkpoints)
+                                             self.model_dir, cfg.max_checkpoints, scaled)
         self.reporter = Reporter(config, cluster, self.model_dir, self.class_names,
-                                 self._learning_rate)
+                                 self._last_learning_rate)
         if resume_from:
             self.checkpoints.resume(resume_from)
             step = self.state.step
@@ -145,8 +146,15 @@ class Trainer:
         return self.state.run_seed
 
     def _learning_rate(self):
+        """The rate of the step the optimizer applies next (global_step steps have run)."""
         cfg = self.config.train
         return optimization.learning_rate_at(self.state.global_step, cfg.learning_rate,
+                                             cfg.lr_scheduler_factor, cfg.lr_boundaries)
+
+    def _last_learning_rate(self):
+        """The rate the last step ran with, for the log: the step before ``global_step``."""
+        cfg = self.config.train
+        return optimization.learning_rate_at(self.state.global_step - 1, cfg.learning_rate,
                                              cfg.lr_scheduler_factor, cfg.lr_boundaries)
 
     def _check_training_files(self) -> None:
