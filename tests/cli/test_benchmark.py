@@ -16,15 +16,19 @@ FIGURE = re.compile(r"^(train step|input pipeline|end to end|inference batch \d+
 
 
 @pytest.mark.slow
-def test_every_figure_is_printed_with_positive_numbers():
+def test_every_figure_is_printed_with_consistent_numbers():
     result = subprocess.run([sys.executable, "-m", "tfssd.cli.benchmark", *TINY],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = {figure: numbers for figure, *numbers in FIGURE.findall(result.stdout)}
     assert set(found) == {"train step", "input pipeline", "end to end", "inference batch 1",
                           "inference batch 8"}, result.stdout
-    for figure, numbers in found.items():  # images/s, ms, peak MiB
-        assert all(float(n) > 0 for n in numbers), (figure, result.stdout)
+    batch = {"inference batch 1": 1, "inference batch 8": 8}  # else --mini_batch_size=2
+    for figure, (rate, ms, peak) in found.items():
+        images_per_step = float(rate) * float(ms) / 1000  # the two figures must agree
+        assert images_per_step == pytest.approx(batch.get(figure, 2), rel=0.05), (
+            figure, result.stdout)
+        assert 100 < int(peak) < 24 * 1024, (figure, peak)  # a TensorFlow process, in MiB
     assert re.search(r"^CPU: .* \(lscpu\)", result.stdout, re.MULTILINE), result.stdout
     assert "\nprecision: float32 (--precision=float32)" in result.stdout, result.stdout
 

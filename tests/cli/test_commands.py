@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -44,7 +45,12 @@ def test_train_writes_sagemaker_metrics_and_an_export(trained):
     found = {name: re.findall(regex, trained["log"]) for name, regex in METRIC_REGEXES.items()}
     for name, values in found.items():
         assert values, f"no {name} line in the log"
-        assert all(float(v) == float(v) for v in values), (name, values)
+        numbers = [float(v) for v in values]
+        assert all(math.isfinite(v) for v in numbers), (name, values)
+        low, high = {"train:progress": (0, 100), "validation:mAP": (0, 1)}.get(name, (0, 1e9))
+        assert all(low <= v <= high for v in numbers), (name, values)
+        if name in ("train:cross_entropy", "train:smooth_l1", "train:throughput"):
+            assert all(v > 0 for v in numbers), (name, values)
     assert float(found["train:progress"][-1]) == 100.0
     assert len(found["validation:mAP"]) == 2  # one per epoch
     assert os.path.isfile(trained["model_dir"] / "export" / "1" / "saved_model.pb")

@@ -1,6 +1,7 @@
 """SSD augmentation: boxes stay valid and keep following the pixels they frame."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfssd.data import augment
@@ -50,11 +51,33 @@ def test_image_without_objects():
     assert out.shape == (32, 32, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
 
 
-def test_crop_sampler_respects_the_minimum_iou():
-    boxes = tf.constant([[0.4, 0.4, 0.6, 0.6]])
-    for k in range(20):
-        crop = augment.sample_crop(boxes, tf.constant([100.0, 100.0]), tf.constant([3, k]))
-        crop = crop.numpy()
+def _best_iou(crop: np.ndarray, boxes: np.ndarray) -> float:
+    """Largest IoU of ``crop`` with any of ``boxes`` (yxyx), computed here by hand."""
+    best = 0.0
+    for box in boxes:
+        inter = (max(0.0, min(crop[2], box[2]) - max(crop[0], box[0]))
+                 * max(0.0, min(crop[3], box[3]) - max(crop[1], box[1])))
+        union = ((crop[2] - crop[0]) * (crop[3] - crop[1])
+                 + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+        best = max(best, inter / union)
+    return best
+
+
+@pytest.mark.parametrize("min_iou", [0.5, 0.7])
+def test_crop_sampler_respects_the_minimum_iou(monkeypatch, min_iou):
+    """With one minimum IoU, every crop but the whole canvas overlaps a box at least that much
+    and holds a box centre."""
+    monkeypatch.setattr(augment, "CROP_MIN_IOUS", (min_iou,))
+    boxes = np.array([[0.2, 0.2, 0.7, 0.6], [0.5, 0.55, 0.95, 0.9]], np.float32)
+    cropped = 0
+    for k in range(40):
+        crop = augment.sample_crop(tf.constant(boxes), tf.constant([100.0, 100.0]),
+                                   tf.constant([3, k])).numpy()
         assert np.all(crop >= 0) and np.all(crop <= 1) and np.all(crop[2:] > crop[:2])
-        centre_inside = crop[0] < 0.5 < crop[2] and crop[1] < 0.5 < crop[3]
-        assert centre_inside
+        if np.allclose(crop, [0, 0, 1, 1]):
+            continue
+        cropped += 1
+        assert _best_iou(crop, boxes) >= min_iou - 1e-6, (k, crop)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        assert any(crop[0] < y < crop[2] and crop[1] < x < crop[3] for y, x in centres)
+    assert cropped >= 3  # some draws crop (else the loop checked nothing)

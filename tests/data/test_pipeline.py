@@ -47,10 +47,24 @@ def test_resume_reproduces_the_stream(shapes_tfrecords):
 
 
 def test_workers_split_each_global_batch(shapes_tfrecords):
-    files = shapes_tfrecords["train"]
-    whole = pipeline.training_stream(files, samples_per_epoch=24, seed=2).take(24)
-    shards = [_indices(whole.shard(2, k)) for k in range(2)]
-    assert shards[0] == list(range(0, 24, 2)) and shards[1] == list(range(1, 24, 2))
+    """Through build_train_dataset with a two-pipeline input context, as dist_sync runs it:
+    worker k's batch i is examples k, k + 2, ... of the one-machine run's global batch i."""
+    def batches(context=None, batch_size=8):
+        dataset = pipeline.build_train_dataset(
+            shapes_tfrecords["train"], ANCHORS, image_size=64, label_width=350, num_classes=3,
+            batch_size=batch_size, samples_per_epoch=24, seed=2, input_context=context)
+        return [(images.numpy(), targets["cls_targets"].numpy())
+                for images, targets in dataset.take(3)]
+
+    whole = batches()
+    workers = [batches(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=k,
+                                                  num_replicas_in_sync=2), batch_size=4)
+               for k in range(2)]
+    for i, (images, classes) in enumerate(whole):
+        for k in range(2):
+            np.testing.assert_array_equal(workers[k][i][0], images[k::2])
+            np.testing.assert_array_equal(workers[k][i][1], classes[k::2])
+    assert not np.array_equal(workers[0][0][0], workers[1][0][0])
 
 
 def test_eval_dataset_pads_ground_truth(shapes_tfrecords):

@@ -330,7 +330,10 @@ def test_load_with_bad_requests_mixed_in_keeps_serving_and_memory_flat(served):
     assert images == result.statuses[200] and images / batches > 1.5, (batches, images)
     assert result.statuses[200] >= 20, result.statuses
     assert bad_statuses and set(bad_statuses) == {400}, bad_statuses
-    assert after < before * 1.25 + 64 * 1024, (before, after)
+    # Flat: after the warm-up run, 10 s more of the same load (bad requests mixed in) grows
+    # the server by at most 32 MiB of allocator slack; a leak of even 10 kB a request shows.
+    print(f"RSS {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after")
+    assert after - before < 32 * 1024, (before, after)
     assert call(server.url + "/ping")[0] == 200
     print(f"8 clients, 10 s: {result.throughput:.1f} requests/s, p50 "
           f"{result.percentile_ms(50):.0f} ms, p99 {result.percentile_ms(99):.0f} ms, "

@@ -203,6 +203,10 @@ def test_int8_export_and_evaluation_from_the_command_line(exported, shapes_tfrec
     print("VOC mAP and COCO AP (random weights):", scores)
     assert scores["float"] == pytest.approx(scores["saved_model"], abs=0.01)
     assert all(0 <= value <= 1 for pair in scores.values() for value in pair)
+    # Stated band: int8 within 0.05 of the float model in VOC mAP and COCO AP. (On these random
+    # weights both are small; README's table gives the trained demo model's: 0.5746 vs 0.5808.)
+    assert scores["int8"][0] == pytest.approx(scores["float"][0], abs=0.05), scores
+    assert scores["int8"][1] == pytest.approx(scores["float"][1], abs=0.05), scores
 
 
 @pytest.mark.slow
