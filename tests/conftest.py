@@ -28,3 +28,31 @@ def shapes_tfrecords(shapes_voc, tmp_path_factory):
     return {"train": tuple(sorted(glob.glob(os.path.join(out, "train-*")))),
             "validation": tuple(sorted(glob.glob(os.path.join(out, "validation-*")))),
             "dir": out}
+
+
+@pytest.fixture
+def absl_lines():
+    """The messages tfssd logs through absl while the test runs, INFO included.
+
+    pytest's caplog misses them once an earlier test in the same process has changed absl's
+    verbosity or handlers, so this listens on absl's logger itself.
+    """
+    import logging
+
+    from absl import logging as absl_logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, verbosity = Collect(logging.INFO), absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logger = logging.getLogger("absl")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        absl_logging.set_verbosity(verbosity)

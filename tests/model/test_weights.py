@@ -117,14 +117,13 @@ def _keras_applications_file(tmp_path, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("base", ["vgg-16", "resnet-50"])
-def test_file_written_by_keras_loads_into_every_layer(tmp_path, base, caplog):
+def test_file_written_by_keras_loads_into_every_layer(tmp_path, base, absl_lines):
     path, reference = _keras_applications_file(tmp_path, base)
     model = ssd_lib.ssd_network(base, 20, 300).model
-    caplog.set_level("INFO")
     loaded = weights.load_imagenet_weights(model, base, path)
     # The run's log says which file initialised the backbone, and how many layers it set.
-    assert f"Backbone initialised from ImageNet weights {path}: {len(loaded)} layers" in \
-        caplog.text
+    assert any(line.startswith(f"Backbone initialised from ImageNet weights {path}: "
+                               f"{len(loaded)} layers") for line in absl_lines), absl_lines
     names = vgg16.KERAS_LAYER_NAMES if base == "vgg-16" else {
         layer.name: layer.name for layer in reference.layers if layer.weights}
     assert sorted(loaded) == sorted(names.values())

@@ -208,15 +208,16 @@ def test_recipes_validate_and_build(recipe, anchors, shapes_tfrecords):
 
 
 @pytest.mark.slow
-def test_the_schedule_as_the_trainer_wires_it_and_logs_it(shapes_tfrecords, tmp_path, caplog):
+def test_the_schedule_as_the_trainer_wires_it_and_logs_it(shapes_tfrecords, tmp_path,
+                                                         absl_lines):
     """Epoch 1's four steps run at 0.01, epoch 2's at 0.001 (lr_scheduler_step=1); each log line
     gives the rate its step ran with, and the optimizer holds the next step's."""
     config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=2, learning_rate=0.01,
                          lr_scheduler_step=(1,), log_every_steps=1, optimizer="adam")
     trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())
-    caplog.set_level("INFO")
     trainer.train()
-    logged = [float(m) for m in re.findall(r"step \d+/4 loss .* lr ([0-9.e-]+) ", caplog.text)]
+    logged = [float(m) for m in re.findall(r"step \d+/4 loss .* lr ([0-9.e-]+) ",
+                                           "\n".join(absl_lines))]
     assert logged == [0.01] * 4 + [0.001] * 4, logged
     assert float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate)) == \
         pytest.approx(0.001)

@@ -1,0 +1,1 @@
+"""Deployment: SavedModel and TFLite exports, loading any trained model, the HTTP endpoint."""
