@@ -13,7 +13,7 @@ LiteRT latency of the float32, float16 and int8 .tflite beside the SavedModel's)
 size and boxes; channels_last; autocast for 16 bits): train step and batch-1 inference, and the
 ratios tfssd / torchvision at the end.
 
-Each measurement runs in a worker process of its own (benchmark_workers.py, given a JSON spec): it
+Each measurement runs in a worker process of its own (measurements.py, given a JSON spec): it
 builds what it measures, runs --warmup_steps untimed steps, then times steps when asked. The
 workers of one figure stay up together and take turns, round after round (A/B/A/B), so that
 each sees the same machine. Throughput is the mean step, latency (inference) the median call.

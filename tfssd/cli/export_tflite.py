@@ -6,7 +6,7 @@
 Writes ssd.tflite (input images [1, S, S, 3]: float32 RGB 0..255, uint8 with int8; outputs as
 the TF Object Detection API's TFLite SSDs, through TFLite_Detection_PostProcess with the anchors
 inside) and ssd.labels.txt (class names by id), also stored in the model's metadata. See
-tfssd/tflite_export.py. --model is a tfssd model directory or an exported SavedModel; the
+tfssd/deploy/tflite.py. --model is a tfssd model directory or an exported SavedModel; the
 thresholds and class names are the trained model's.
 """
 

@@ -1,6 +1,6 @@
 """An HTTP endpoint for an exported SSD: SageMaker's container contract and TF Serving's REST API.
 
-Routes (aiohttp; the bodies are in serving_formats.py; every refusal is JSON, ``{"error": ...}``):
+Routes (aiohttp; the bodies are in contracts.py; every refusal is JSON, ``{"error": ...}``):
 
   GET  /ping                                  200 once the model is loaded (SageMaker)
   GET  /execution-parameters                  batch transform's settings (SageMaker)

@@ -3,7 +3,7 @@
 A file that is empty, not an image, truncated, or that declares more pixels than a limit is
 refused with a message naming it, before a decoder allocates its pixels (a small PNG can
 declare 40000 x 40000). Used by the converter, tfssd-predict, tfssd-evaluate and the server;
-the serving graph applies the same limit itself (export.py).
+the serving graph applies the same limit itself (deploy/saved_model.py).
 """
 
 from __future__ import annotations
