@@ -32,7 +32,8 @@ def train(**values: Any):
       **values: SageMaker's hyperparameters (``num_classes``, ``epochs``, ...; strings as
         SageMaker sends them, or Python values) and tfssd-train's options (``train``,
         ``validation``, ``model_dir``, ``precision``, ...). Inside a SageMaker container,
-        hyperparameters.json and the channels fill in what is not given.
+        hyperparameters.json and the channels (in any of SageMaker's algorithm's formats,
+        converted first) fill in what is not given.
 
     Returns:
       ``tfssd.training.TrainingResult`` (global_step, best_map, best_epoch, export_path,
@@ -40,9 +41,15 @@ def train(**values: Any):
 
     Raises:
       HyperparameterError: every invalid value, before TensorFlow starts.
-      ClusterConfigError, DistributionError, TrainingError, PretrainedWeightsError: the run
-        could not start or go on; the message says why.
+      ClusterConfigError, DistributionError, TrainingError, PretrainedWeightsError,
+        SourceDataError (a SageMaker channel): the run could not start or go on; the message
+        says why.
+      Preempted: SIGTERM stopped the run after saving a checkpoint; the same call resumes.
     """
+    from tfssd.training import sagemaker_job
+
+    if sagemaker_job.is_sagemaker_job():  # SageMaker's channels and model channel, converted
+        return sagemaker_job.run(values)
     hyperparameters, options = factory.resolve(values)
     from tfssd.training import launch
 
@@ -171,3 +178,22 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
                             class_names=list(class_names),
                             voc=result if "voc" in metrics else None,
                             coco=coco.result() if coco else None)
+
+
+def import_sagemaker(model: str | os.PathLike, output: str | os.PathLike, *,
+                     class_names: Sequence[str] | None = None, max_detections: int = 200):
+    """Makes a model of SageMaker's built-in Object Detection algorithm (MXNet) a tfssd model.
+
+    ``model`` is SageMaker's model.tar.gz or a directory of its files; ``output`` becomes a tfssd
+    model directory with the SavedModel in ``output/export/1`` (``load``, ``evaluate``, the
+    commands and ``--init_from`` take it). Returns the ``ImportedModel`` written (paths and
+    network). A graph that is not SageMaker's ResNet-50 or VGG-16 SSD is refused with a
+    ``ValueError`` naming the differences.
+    """
+    from tfssd.deploy.sagemaker_import import import_sagemaker_model
+
+    if max_detections < 1:
+        raise ValueError(f"max_detections={max_detections}: expected >= 1")
+    return import_sagemaker_model(os.fspath(model), os.fspath(output),
+                                  class_names=list(class_names) if class_names else None,
+                                  max_detections=max_detections)

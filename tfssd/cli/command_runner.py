@@ -7,7 +7,9 @@ script ``tfssd-<name>``) and ``python -m tfssd.<name>`` both go through ``run_co
   "failed call to cuInit" on a machine without a GPU), unless TF_CPP_MIN_LOG_LEVEL is set;
 * turns an unexpected exception into one line naming it and the file holding the full
   traceback (``--show_traceback`` prints it instead). Expected failures (bad input, bad flags)
-  are the commands' own one-line messages and exit codes.
+  are the commands' own one-line messages and exit codes;
+* inside a SageMaker container, leaves the message of a failure (a usage error, ``fail``, an
+  unexpected error) in ``/opt/ml/output/failure``, where SageMaker shows it as the job's reason.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ import time
 import traceback
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from tfssd.config.sagemaker_container import write_failure
 
 FLAGS = flags.FLAGS
+
+
+def fail(message: str, exit_code: int = 1) -> None:
+    """Ends the command on an expected failure: the message logged (and left for SageMaker)."""
+    logging.error("%s", message)
+    write_failure(message)
+    sys.exit(exit_code)
 
 
 @contextlib.contextmanager
@@ -59,7 +70,7 @@ def quiet_tensorflow() -> None:
         tf.config.list_physical_devices()  # CUDA's initialisation logs here
 
 
-def _report_unexpected(name: str, error: BaseException) -> None:
+def _report_unexpected(name: str, error: BaseException) -> str:
     path = os.path.join(tempfile.gettempdir(), f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-"
                                                f"{os.getpid()}.log")
     text = "".join(traceback.format_exception(error))
@@ -70,8 +81,10 @@ def _report_unexpected(name: str, error: BaseException) -> None:
     except OSError:
         where = "rerun with --show_traceback for the full traceback"
     first = str(error).strip().splitlines()
-    print(f"{name}: unexpected error: {type(error).__name__}: {first[0] if first else ''} "
-          f"({where})", file=sys.stderr)
+    line = (f"{name}: unexpected error: {type(error).__name__}: {first[0] if first else ''} "
+            f"({where})")
+    print(line, file=sys.stderr)
+    return line
 
 
 def _help_lists_the_commands_flags(define_flags: Callable, main: Callable) -> None:
@@ -106,9 +119,13 @@ def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], No
             quiet_tensorflow()
         try:
             return main(argv)
-        except (app.UsageError, SystemExit, KeyboardInterrupt):
+        except app.UsageError as e:
+            write_failure(f"{name}: {e}")
+            raise
+        except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as e:  # anything no message was written for
+            write_failure(f"{name}: unexpected error: {type(e).__name__}: {e}")
             if FLAGS.show_traceback:
                 raise
             _report_unexpected(name, e)

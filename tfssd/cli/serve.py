@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from absl import app, flags, logging
 
 from tfssd.cli.command_runner import run_command
+from tfssd.config.sagemaker_container import container_paths
 
 FLAGS = flags.FLAGS
-SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+SAGEMAKER_MODEL_DIR = container_paths({}).model_dir  # /opt/ml/model
 DEFAULT_PORT = 8080
 
 
@@ -66,8 +67,9 @@ def define_flags() -> None:
 
 
 def model_and_port(model: str | None, port: int | None, environ: Mapping[str, str],
-                   container_model_dir: str = SAGEMAKER_MODEL_DIR) -> tuple[str, int]:
+                   container_model_dir: str | None = None) -> tuple[str, int]:
     """The model directory and port: the flags, else SageMaker's container, else the default."""
+    container_model_dir = container_model_dir or container_paths(environ).model_dir
     if model is None:
         if not os.path.isdir(container_model_dir):
             raise app.UsageError(f"Give --model=EXPORT_DIR (or run in a SageMaker container, "

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from tfssd.cli import hyperparameter_flags
-from tfssd.cli.command_runner import run_command
+from tfssd.cli.command_runner import fail, run_command
 
 FLAGS = flags.FLAGS
 
@@ -36,25 +36,31 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     from tfssd import api  # light: TensorFlow comes once the values are known to be good
     from tfssd.config.hyperparameters import HyperparameterError
+    from tfssd.training.stop_signal import EXIT_CODE, Preempted
 
     try:
         api.train(**hyperparameter_flags.given_values(FLAGS))
     except HyperparameterError as e:
         raise app.UsageError(str(e)) from None
+    except Preempted as e:  # not a failure: the next run resumes
+        logging.warning("%s", e)
+        sys.exit(EXIT_CODE)
     except Exception as e:  # the run's own failures are one line; others reach run_command
         _fail_cleanly(e)
 
 
 def _fail_cleanly(error: Exception) -> None:
+    from tfssd.config.sagemaker_container import ContainerError
+    from tfssd.data.sources import SourceDataError
     from tfssd.model.weights import PretrainedWeightsError
     from tfssd.training.distribution import ClusterConfigError, DistributionError
     from tfssd.training.errors import TrainingError
 
     if isinstance(error, ClusterConfigError):
         raise app.UsageError(f"Cluster: {error}") from None
-    if isinstance(error, (TrainingError, PretrainedWeightsError, DistributionError)):
-        logging.error("%s", error)
-        sys.exit(1)
+    if isinstance(error, (TrainingError, PretrainedWeightsError, DistributionError,
+                          SourceDataError, ContainerError)):
+        fail(str(error))
     raise error
 
 

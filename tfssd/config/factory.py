@@ -34,14 +34,16 @@ def hyperparameter_text(name: str, value: Any) -> str | None:
     return str(value)
 
 
-def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+            check_files: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merges given values, hyperparameters.json and SageMaker's environment, then validates.
 
     Args:
       given: name -> value for what the user set explicitly: SageMaker's hyperparameters (as
         strings like SageMaker's, or Python values) and tfssd's options (OPTIONS).
       environ: the process environment (SageMaker's ``SM_*`` variables).
+      check_files: whether the train and validation files must exist now (not before a
+        SageMaker job has converted its channels).
 
     Returns:
       (hyperparameters, options): SageMaker's hyperparameters typed, and tfssd's own options.
@@ -87,7 +89,7 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ
 
     values, value_errors = parse_hyperparameters(raw)
     errors.extend(value_errors)
-    errors.extend(check_options(values, options))
+    errors.extend(check_options(values, options, check_files))
     if errors:
         raise HyperparameterError(errors)
     return values, options

@@ -124,8 +124,12 @@ OPTION_NAMES = tuple(o.name for o in OPTIONS)
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
 
-def check_options(values: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
-    """Every problem of tfssd's options (given the typed hyperparameters), as 'name=value: ...'."""
+def check_options(values: Mapping[str, Any], options: Mapping[str, Any],
+                  check_files: bool = True) -> list[str]:
+    """Every problem of tfssd's options (given the typed hyperparameters), as 'name=value: ...'.
+
+    ``check_files``: whether --train and --validation must name files that exist now.
+    """
     errors = []
     width = options["width_multiplier"]
     if not 0 < width <= 1:
@@ -133,15 +137,15 @@ def check_options(values: Mapping[str, Any], options: Mapping[str, Any]) -> list
     elif width != 1 and values.get("use_pretrained_model"):
         errors.append(f"width_multiplier={width}: ImageNet weights exist for width 1 only; "
                       "use --use_pretrained_model=0 with a narrower network")
-    if not options["train"]:
+    if check_files and not options["train"]:
         errors.append("train: required, expected TFRecord files, globs or a directory")
-    else:
+    elif check_files:
         errors.extend(f"train={p!r}: no file matches" for p in options["train"]
                       if not expand_files([p]))
-    for p in options["validation"] or ():
+    for p in (options["validation"] or ()) if check_files else ():
         if not expand_files([p]):
             errors.append(f"validation={p!r}: no file matches")
-    if values.get("early_stopping") and not options["validation"]:
+    if check_files and values.get("early_stopping") and not options["validation"]:
         errors.append("early_stopping='True': expected --validation data to measure mAP on")
     if options["log_every_steps"] <= 0:
         errors.append(f"log_every_steps={options['log_every_steps']}: expected a positive integer")

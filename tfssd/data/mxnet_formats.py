@@ -70,34 +70,64 @@ def read_lst(lst_path: str, images_root: str) -> list[SourceImage]:
 
 
 def read_recordio(rec_path: str):
-    """Yields the records of a dmlc RecordIO file, joining multi-part records."""
+    """Yields the records of a dmlc RecordIO file (or FIFO), joining multi-part records."""
     with open(rec_path, "rb") as f:
-        parts: list[bytes] = []
-        while True:
-            offset = f.tell()
-            head = f.read(8)
-            if not head:
-                break
-            if len(head) < 8:
-                raise MXNetFormatError(f"{rec_path}: truncated record header at byte {offset}")
-            magic, length_and_flag = struct.unpack("<II", head)
-            if magic != RECORDIO_MAGIC:
-                raise MXNetFormatError(f"{rec_path}: no RecordIO magic at byte {offset}")
-            flag, length = length_and_flag >> 29, length_and_flag & ((1 << 29) - 1)
-            data = f.read(length)
-            if len(data) < length:
-                raise MXNetFormatError(f"{rec_path}: record at byte {offset} is truncated")
-            f.read((4 - length % 4) % 4)
-            if flag == 0:
-                yield data
-            elif flag == 1:
-                parts = [data]
-            elif flag in (2, 3):
-                parts.append(data)
-                if flag == 3:
-                    yield _MAGIC_BYTES.join(parts)
-            else:
-                raise MXNetFormatError(f"{rec_path}: bad continuation flag at byte {offset}")
+        yield from read_record_stream(f, rec_path)
+
+
+def read_record_stream(stream, where: str):
+    """Yields the records of a binary stream of dmlc RecordIO; ``where`` names it in errors.
+
+    Reads sequentially (no seek), so a pipe works as well as a file.
+    """
+    parts: list[bytes] = []
+    offset = 0
+    while True:
+        head = stream.read(8)
+        if not head:
+            break
+        if len(head) < 8:
+            raise MXNetFormatError(f"{where}: truncated record header at byte {offset}")
+        magic, length_and_flag = struct.unpack("<II", head)
+        if magic != RECORDIO_MAGIC:
+            raise MXNetFormatError(f"{where}: no RecordIO magic at byte {offset}")
+        flag, length = length_and_flag >> 29, length_and_flag & ((1 << 29) - 1)
+        data = stream.read(length)
+        if len(data) < length:
+            raise MXNetFormatError(f"{where}: record at byte {offset} is truncated")
+        padding = (4 - length % 4) % 4
+        stream.read(padding)
+        offset += 8 + length + padding
+        if flag == 0:
+            yield data
+        elif flag == 1:
+            parts = [data]
+        elif flag in (2, 3):
+            parts.append(data)
+            if flag == 3:
+                yield _MAGIC_BYTES.join(parts)
+        else:
+            raise MXNetFormatError(f"{where}: bad continuation flag at byte {offset}")
+
+
+def write_record(stream, data: bytes) -> None:
+    """Writes ``data`` as one dmlc RecordIO record, split where it holds the magic number."""
+    parts, start = [], 0
+    for i in range(0, len(data) - len(data) % 4, 4):
+        if data[i:i + 4] == _MAGIC_BYTES:
+            parts.append(data[start:i])
+            start = i + 4
+    parts.append(data[start:])
+    flags = [0] if len(parts) == 1 else [1] + [2] * (len(parts) - 2) + [3]
+    for flag, part in zip(flags, parts):
+        stream.write(struct.pack("<II", RECORDIO_MAGIC, (flag << 29) | len(part)))
+        stream.write(part + b"\0" * (-len(part) % 4))
+
+
+def pack_image_record(label: np.ndarray, image_id: int, image: bytes) -> bytes:
+    """An MXNet image record as im2rec packs detection labels: IRHeader, float32 label, image."""
+    label = np.asarray(label, np.float32)
+    return _IR_HEADER.pack(len(label), 0.0, image_id, 0) + label.tobytes() + image
 
 
 def unpack_image_record(record: bytes) -> tuple[np.ndarray, int, bytes]:
@@ -114,14 +144,18 @@ def unpack_image_record(record: bytes) -> tuple[np.ndarray, int, bytes]:
 
 def read_rec(rec_path: str) -> list[SourceImage]:
     """An im2rec detection RecordIO file -> items holding their image bytes."""
+    return image_records(read_recordio(rec_path), os.path.basename(rec_path))
+
+
+def image_records(records, base: str) -> list[SourceImage]:
+    """im2rec detection records -> items holding their image bytes; ``base`` names them."""
     items = []
-    base = os.path.basename(rec_path)
-    for number, record in enumerate(read_recordio(rec_path)):
+    for number, record in enumerate(records):
         try:
             label, image_id, image = unpack_image_record(record)
             name = f"{base}#{image_id}"
             items.append(SourceImage(name=name, data=image, normalized_boxes=True,
                                      objects=label_objects(label.astype(np.float64), name)))
-        except (struct.error, MXNetFormatError) as e:
+        except (struct.error, ValueError, MXNetFormatError) as e:
             items.append(SourceImage(name=f"{base} record {number}", error=str(e)))
     return items

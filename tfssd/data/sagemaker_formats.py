@@ -23,7 +23,8 @@ class SageMakerFormatError(SourceDataError):
     """Class names that contradict each other, or a manifest without box annotations."""
 
 
-def _objects(annotations) -> list[SourceObject]:
+def annotation_objects(annotations) -> list[SourceObject]:
+    """SageMaker's ``annotations`` (class_id, left, top, width, height in pixels) -> objects."""
     objects = []
     for a in annotations:
         left, top = float(a["left"]), float(a["top"])
@@ -32,7 +33,8 @@ def _objects(annotations) -> list[SourceObject]:
     return objects
 
 
-def _size(image_size) -> tuple[int, int] | None:
+def annotated_size(image_size) -> tuple[int, int] | None:
+    """SageMaker's ``image_size`` ([{"width", "height", "depth"}]) -> (width, height), or None."""
     try:
         first = image_size[0]
         return int(first["width"]), int(first["height"])
@@ -40,12 +42,14 @@ def _size(image_size) -> tuple[int, int] | None:
         return None
 
 
-def _class_names(names_by_id: dict[int, str]) -> list[str]:
+def class_names(names_by_id: dict[int, str]) -> list[str]:
+    """Names by id, contiguous from 0 (an id without a name is named by its number)."""
     count = max(names_by_id) + 1 if names_by_id else 0
     return [names_by_id.get(i, str(i)) for i in range(count)]
 
 
-def _merge_names(names_by_id: dict[int, str], new: dict[int, str], where: str) -> None:
+def merge_names(names_by_id: dict[int, str], new: dict[int, str], where: str) -> None:
+    """Adds ``new`` names to ``names_by_id``, refusing a name that contradicts an earlier one."""
     for class_id, name in new.items():
         if names_by_id.setdefault(class_id, name) != name:
             raise SageMakerFormatError(f"{where}: class {class_id} is {name!r} here but "
@@ -61,16 +65,16 @@ def read_image_json(images_dir: str, annotations_dir: str) -> tuple[list[SourceI
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             file_name = data.get("file", stem + ".jpg")
-            objects = _objects(data.get("annotations", []))
-            _merge_names(names_by_id, {int(c["class_id"]): str(c["name"])
+            objects = annotation_objects(data.get("annotations", []))
+            merge_names(names_by_id, {int(c["class_id"]): str(c["name"])
                                        for c in data.get("categories", [])}, path)
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             items.append(SourceImage(name=stem, error=f"{path}: {e!r}"))
             continue
         items.append(SourceImage(name=os.path.basename(file_name),
                                  path=os.path.join(images_dir, file_name), objects=objects,
-                                 annotated_size=_size(data.get("image_size"))))
-    return items, _class_names(names_by_id)
+                                 annotated_size=annotated_size(data.get("image_size"))))
+    return items, class_names(names_by_id)
 
 
 def resolve_source_ref(source_ref: str, images_root: str) -> str:
@@ -106,14 +110,14 @@ def read_manifest(manifest: str, images_root: str, attribute: str | None = None
             boxes = line[key]
             path = resolve_source_ref(line["source-ref"], images_root)
             class_map = line.get(f"{key}-metadata", {}).get("class-map", {})
-            _merge_names(names_by_id, {int(k): str(v) for k, v in class_map.items()}, where)
+            merge_names(names_by_id, {int(k): str(v) for k, v in class_map.items()}, where)
             items.append(SourceImage(name=os.path.basename(path), path=path,
-                                     objects=_objects(boxes.get("annotations", [])),
-                                     annotated_size=_size(boxes.get("image_size"))))
+                                     objects=annotation_objects(boxes.get("annotations", [])),
+                                     annotated_size=annotated_size(boxes.get("image_size"))))
         except SageMakerFormatError as e:
             if "class" in str(e):
                 raise
             items.append(SourceImage(name=f"line {number}", error=f"{where}: {e}"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             items.append(SourceImage(name=f"line {number}", error=f"{where}: {e!r}"))
-    return items, _class_names(names_by_id)
+    return items, class_names(names_by_id)

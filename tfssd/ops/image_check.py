@@ -22,6 +22,11 @@ _SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
                (b"BM", "BMP"), (b"RIFF", "WEBP"))
 
 
+def signature_format(data: bytes) -> str | None:
+    """The image format its first bytes announce (PIL's name: JPEG, PNG, ...), else None."""
+    return next((f for magic, f in _SIGNATURES if data.startswith(magic)), None)
+
+
 class ImageError(ValueError):
     """An image file that cannot be used; the message says why and what was expected."""
 
@@ -83,7 +88,7 @@ def inspect_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
             check_pixels(width, height, max_pixels or 1, name)
             raise
         except Exception:  # PIL raises several types for what is not an image
-            signature = next((f for magic, f in _SIGNATURES if data.startswith(magic)), None)
+            signature = signature_format(data)
             if signature:
                 raise ImageError(f"{name}: truncated or corrupt {signature} image (its header "
                                  f"does not parse; {len(data)} bytes)") from None

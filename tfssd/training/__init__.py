@@ -12,9 +12,11 @@ support ParameterServerStrategy. The package, in the order data flows:
   early_stopping.py  SageMaker's early-stopping rule on validation mAP
   reporting.py     log lines, SageMaker metric lines (sagemaker_metrics.py), TensorBoard
   controller.py    the outer loop: when to run steps, log, checkpoint, validate and stop
+  stop_signal.py   SIGTERM: a checkpoint at the step reached, then the end of the run
   trainer.py       puts the parts together for one process; exports at the end
   errors.py        the messages that end a run
   launch.py        one process of a job: cluster role, strategy, precision, then the run
+  sagemaker_job.py a SageMaker training job from the container's files: channels, model
 
 ``train(config, strategy, cluster)`` is the one entry; ``launch.run`` wraps it for a process.
 Names are imported lazily, so that ``tfssd.training.distribution`` loads without TensorFlow.
@@ -22,7 +24,8 @@ Names are imported lazily, so that ``tfssd.training.distribution`` loads without
 
 import importlib
 
-_EXPORTS = {"RUN_FILE": "tfssd.training.state", "Trainer": "tfssd.training.trainer",
+_EXPORTS = {"Preempted": "tfssd.training.stop_signal",
+            "RUN_FILE": "tfssd.training.state", "Trainer": "tfssd.training.trainer",
             "TrainingError": "tfssd.training.errors",
             "TrainingResult": "tfssd.training.trainer", "train": "tfssd.training.trainer"}
 __all__ = sorted(_EXPORTS)

@@ -3,12 +3,14 @@
 It runs no step itself (a runner of runners.py does, for any strategy), reads no data and knows
 no distribution mode. Every epoch ends with validation (when there is validation data), the
 early-stopping rule and a checkpoint; ``--checkpoint_every_steps`` adds checkpoints within an
-epoch. Losses are checked for finiteness before any checkpoint is written.
+epoch. Losses are checked for finiteness before any checkpoint is written. A stop request
+(SIGTERM, stop_signal.py) is answered after the step in flight: a checkpoint, then ``Preempted``.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,6 +19,7 @@ from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 from tfssd.training.reporting import Reporter
 from tfssd.training.state import Checkpoints, RunState
+from tfssd.training.stop_signal import Preempted
 
 MAX_CONSECUTIVE_SKIPS = 50  # loss scaling halves its scale each time: 50 is far past recovery
 
@@ -25,7 +28,8 @@ class Controller:
     """Trains from the run's current step to the end or to an early stop."""
 
     def __init__(self, config: Config, runner, state: RunState, checkpoints: Checkpoints,
-                 reporter: Reporter, evaluate: Callable | None):
+                 reporter: Reporter, evaluate: Callable | None,
+                 stop_requested: threading.Event | None = None):
         self.config = config
         self.runner = runner
         self.state = state
@@ -33,6 +37,7 @@ class Controller:
         self.reporter = reporter
         self.evaluate = evaluate  # () -> (EvaluationResult, drawn images); None: no validation
         self.consecutive_skips = 0
+        self.stop_requested = stop_requested or threading.Event()
 
     def run(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
         """Returns (the step reached, whether early stopping ended the run)."""
@@ -63,8 +68,19 @@ class Controller:
                     return step, True
             elif checkpoint_due:
                 self.checkpoints.save(step)
+            if self.stop_requested.is_set():
+                self._stop(step)
         self.runner.join()
         return step, False
+
+    def _stop(self, step: int) -> None:
+        """Saves a checkpoint at ``step`` (its losses checked first) and ends the run."""
+        self.runner.join()
+        self._check_finite(self.runner.collect(due=True), step)
+        if self.checkpoints.latest is None or not self.checkpoints.latest.endswith(f"-{step}"):
+            self.checkpoints.save(step)
+        self.reporter.log(f"SIGTERM: checkpoint saved at step {step}; stopping.")
+        raise Preempted(step, self.checkpoints.latest)
 
     def _end_epoch(self, epoch: int, step: int, early: EarlyStopping) -> bool:
         """Validation, early stopping and the epoch's checkpoint; True when training stops."""

@@ -9,6 +9,7 @@ state. Under dist_async the chief runs it, scheduling the steps on the workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -27,7 +28,7 @@ from tfssd.evaluation.validation import Validator, ground_truth_per_class
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.model.freezing import FreezePatternError
 from tfssd.model.ssd import SSD, build_ssd
-from tfssd.training import errors, optimization, runners, state
+from tfssd.training import errors, optimization, runners, state, stop_signal
 from tfssd.training.controller import Controller
 from tfssd.training.distribution import Cluster
 from tfssd.training.early_stopping import EarlyStopping
@@ -244,13 +245,20 @@ class Trainer:
                               f"{' (stopped early)' if stopped_before else ''}; nothing to train.")
         if stopped_before:
             return self._finish(step, True, early, trained=False)
-        controller = Controller(self.config, self.runner, self.state, self.checkpoints,
-                                self.reporter, self.evaluate if self._validates() else None)
         first_step = step
+        # One process decides for the run: it can answer SIGTERM with a checkpoint. In a
+        # dist_sync cluster each worker would stop at its own step, so SIGTERM keeps its effect.
+        stop_handling = (stop_signal.sigterm_requests_stop() if self.cluster.num_workers == 1
+                         else contextlib.nullcontext(None))
         try:
-            self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
-                              start_sample=step * cfg.global_batch_size)
-            step, stopped_early = controller.run(step, early)
+            with stop_handling as stop_requested:
+                controller = Controller(self.config, self.runner, self.state, self.checkpoints,
+                                        self.reporter,
+                                        self.evaluate if self._validates() else None,
+                                        stop_requested)
+                self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
+                                  start_sample=step * cfg.global_batch_size)
+                step, stopped_early = controller.run(step, early)
         except errors.CLUSTER_ERRORS as e:  # a peer has gone (a step, a checkpoint, validation)
             failure = self.runner.peer_lost(e, tf.train.latest_checkpoint(cfg.model_dir))
             if failure is e:

@@ -1,0 +1,206 @@
+"""A training job as SageMaker runs one: the /opt/ml tree under a temporary root, hyperparameters
+as strings, channels in the algorithm's formats (RecordIO in Pipe mode through a FIFO, images
+with JSON in File mode, an augmented manifest in Pipe mode), the image's `train` and `serve`
+scripts as subprocesses, a failure's reason, SIGTERM and the next job resuming."""
+
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+from PIL import Image
+
+from tests import sagemaker_fixtures as sm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_SCRIPT = os.path.join(ROOT, "docker", "train")
+SERVE_SCRIPT = os.path.join(ROOT, "docker", "serve")
+HYPERPARAMETERS = {"num_classes": 3, "num_training_samples": 24, "mini_batch_size": 4,
+                   "epochs": 1, "use_pretrained_model": 0, "width_multiplier": 0.0625,
+                   "log_every_steps": 1, "seed": 5}
+RECORDIO = {"ContentType": "application/x-recordio"}
+MANIFEST = {"ContentType": "application/x-recordio", "TrainingInputMode": "Pipe",
+            "RecordWrapperType": "RecordIO"}
+IMAGES = {"ContentType": "image/jpeg"}
+JSON = {"ContentType": "application/json"}
+
+
+def _environ(root):
+    """The container's environment: no SM_* variables (only the toolkit sets them)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    return {**environ, "TFSSD_SAGEMAKER_ROOT": str(root),
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + environ.get("PATH", "")}
+
+
+def _train(root, timeout=600):
+    return subprocess.run(["sh", TRAIN_SCRIPT], env=_environ(root), capture_output=True,
+                          text=True, timeout=timeout, cwd=str(root))
+
+
+@pytest.fixture(scope="module")
+def pictures(shapes_voc):
+    return {"train": sm.voc_pictures(shapes_voc, "train"),
+            "validation": sm.voc_pictures(shapes_voc, "val")}
+
+
+@pytest.fixture(scope="module")
+def first_job(pictures, tmp_path_factory):
+    """RecordIO in Pipe mode to train on, images with JSON in File mode to validate on."""
+    root = tmp_path_factory.mktemp("job") / "opt" / "ml"
+    sm.make_job(str(root), HYPERPARAMETERS, {
+        "train": {**RECORDIO, "TrainingInputMode": "Pipe"}, "validation": IMAGES,
+        "validation_annotation": JSON})
+    sm.write_image_json(pictures["validation"], str(root / "input/data/validation"),
+                        str(root / "input/data/validation_annotation"))
+    writer = sm.PipeWriter(str(root / "input/data/train_0"), sm.im2rec_bytes(pictures["train"]))
+    job = _train(root)
+    writer.join(timeout=10)
+    return root, job
+
+
+@pytest.mark.slow
+def test_a_job_from_the_container_files_alone_trains_and_its_model_serves(first_job, pictures):
+    root, job = first_job
+    assert job.returncode == 0, job.stderr[-3000:]
+    log = job.stderr
+    assert "Channel train: 24 images (recordio, Pipe mode)" in log
+    assert "Channel validation: 8 images (image_json, File mode)" in log
+    assert "images: 24 read, 24 written, 0 skipped" in log  # the conversion summary
+    assert re.search(r"#quality_metric: host=\S+, epoch=0, validation mAP <score>=\(", log)
+    # The model SageMaker packs: the SavedModel versions, and the weights --init_from reads.
+    assert (root / "model" / "1" / "saved_model.pb").is_file()
+    run_file = json.loads((root / "model" / "checkpoints" / "tfssd_run.json").read_text())
+    assert run_file["class_names"] == sm.CLASS_NAMES  # from the validation channel's JSON
+    assert not (root / "output" / "failure").exists()
+
+    # `docker run IMAGE serve` on that model: SageMaker's /ping and /invocations.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["sh", SERVE_SCRIPT, "--host=127.0.0.1", f"--port={port}"],
+                              env=_environ(root), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                connection.request("GET", "/ping")
+                ping = connection.getresponse()
+                ping.read()
+                if ping.status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.5)
+        path = pictures["validation"][0][0]
+        with open(path, "rb") as f:
+            connection.request("POST", "/invocations", f.read(), {"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        assert response.status == 200
+        predictions = json.loads(response.read())["prediction"]
+        assert predictions and all(len(p) == 6 and 0 <= p[0] < 3 for p in predictions)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_reached_and_the_next_job_resumes_from_it(first_job, pictures,
+                                                                         tmp_path):
+    """Managed spot training: images with JSON to train on (File mode), an augmented manifest to
+    validate on (Pipe mode), the first job's model.tar.gz in the model channel."""
+    first_root, _ = first_job
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), {**HYPERPARAMETERS, "epochs": 2}, {
+        "train": IMAGES, "train_annotation": JSON, "validation": MANIFEST,
+        "model": {"ContentType": "application/x-sagemaker-model"}}, checkpoints=True)
+    sm.write_image_json(pictures["train"], str(root / "input/data/train"),
+                        str(root / "input/data/train_annotation"))
+    os.makedirs(root / "input/data/model")
+    with tarfile.open(root / "input/data/model/model.tar.gz", "w:gz") as tar:
+        tar.add(first_root / "model", arcname=".")
+    manifest = sm.manifest_pipe_bytes(pictures["validation"])
+
+    writer = sm.PipeWriter(str(root / "input/data/validation_0"), manifest)
+    job = subprocess.Popen(["sh", TRAIN_SCRIPT], env=_environ(root), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=str(root))
+    seen = ""
+    deadline = time.time() + 600
+    for line in job.stdout:
+        seen += line
+        if "epoch 1/2 step 3/6" in line:
+            job.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline
+    seen += job.communicate(timeout=120)[0]
+    writer.join(timeout=10)
+    assert job.returncode == 128 + signal.SIGTERM, seen[-3000:]
+    assert "Initialised the network from" in seen  # the model channel
+    stopped = int(re.search(r"SIGTERM: checkpoint saved at step (\d+)", seen).group(1))
+    assert 3 <= stopped < 6  # the step reached, mid-epoch (steps in flight may finish)
+    assert (root / "checkpoints" / f"ckpt-{stopped}.index").is_file()
+    assert not (root / "output" / "failure").exists()
+
+    writer = sm.PipeWriter(str(root / "input/data/validation_0"), manifest)
+    resumed = _train(root)
+    writer.join(timeout=10)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {stopped} (epoch 1, step {stopped + 1} of it)" in resumed.stderr
+    assert "Channel validation: 8 images (augmented_manifest, Pipe mode)" in resumed.stderr
+    steps = [int(s) for s in re.findall(r"epoch \d/2 step (\d+)/6", resumed.stderr)]
+    assert steps[0] == stopped % 6 + 1 and "Done: 2 epochs (12 steps)" in resumed.stderr
+    assert (root / "model" / "1" / "saved_model.pb").is_file()
+    assert (root / "model" / "checkpoints" / "best").is_dir()  # copied from /opt/ml/checkpoints
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hyperparameters, channels, expected", [
+    ({**HYPERPARAMETERS, "mini_batch_size": "many"}, {"train": RECORDIO},
+     "mini_batch_size='many'"),
+    (HYPERPARAMETERS, {"train": {"ContentType": "text/csv"}},
+     "channel 'train' (inputdataconfig.json): ContentType 'text/csv'"),
+    (HYPERPARAMETERS, {"train": IMAGES},
+     "ContentType image/jpeg needs the channel 'train_annotation'"),
+])
+def test_a_failed_job_leaves_its_reason_for_sagemaker(hyperparameters, channels, expected,
+                                                      tmp_path):
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), hyperparameters, channels)
+    job = _train(root, timeout=120)
+    assert job.returncode != 0
+    reason = (root / "output" / "failure").read_text()
+    assert expected in reason and reason.count("\n") == 1, reason
+    assert expected in job.stderr  # what the user sees at a terminal too
+
+
+@pytest.mark.slow
+def test_recordio_that_is_really_a_manifest_is_named_as_such(pictures, tmp_path):
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), HYPERPARAMETERS, {"train": RECORDIO})
+    os.makedirs(root / "input/data/train")
+    (root / "input/data/train/part-0.rec").write_bytes(
+        sm.manifest_pipe_bytes(pictures["train"][:2]))
+    job = _train(root, timeout=120)
+    assert job.returncode == 1
+    assert "for an augmented manifest set RecordWrapperType to RecordIO" in (
+        root / "output" / "failure").read_text()
+
+
+def test_the_images_of_a_piped_manifest_decode(pictures):
+    """The in-memory stream the tests pipe: each image record is the image file's bytes."""
+    records = sm.manifest_pipe_bytes(pictures["train"][:1])
+    from tfssd.data import mxnet_formats
+
+    image, label, metadata = list(mxnet_formats.read_record_stream(io.BytesIO(records), "x"))
+    assert Image.open(io.BytesIO(image)).size == tuple(pictures["train"][0][1:3])
+    assert json.loads(label)["annotations"] and json.loads(metadata)["class-map"]["0"] == "circle"

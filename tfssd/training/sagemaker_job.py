@@ -1,0 +1,173 @@
+"""A SageMaker training job, from the container's files alone: channels in SageMaker's algorithm's
+formats converted once into local TFRecords, the ``model`` channel for incremental training,
+the model in ``/opt/ml/model`` with the weights ``--init_from`` reads back.
+
+``run`` is what ``tfssd.train`` (and so ``tfssd-train``, the image's ``train``) does when
+``/opt/ml/input/config/inputdataconfig.json`` exists. Values given explicitly (flags, keyword
+arguments, ``SM_*`` variables) win over what the files say. Converted channels go to
+``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from collections.abc import Mapping
+from typing import Any
+
+from absl import logging
+
+from tfssd.config import factory, sagemaker_container
+from tfssd.config.hyperparameters import HyperparameterError
+from tfssd.config.options import check_options
+from tfssd.config.run_config import BEST_DIR, RUN_FILE
+from tfssd.data import sagemaker_channels
+from tfssd.data.sagemaker_channels import ChannelError
+
+INPUT_DATA_CONFIG = "inputdataconfig.json"
+DATA_CHANNELS = ("train", "validation")
+MODEL_CHANNEL = "model"
+SAGEMAKER_SYMBOL = "model_algo_1-symbol.json"  # in a model.tar.gz of SageMaker's algorithm
+
+
+def is_sagemaker_job(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is a SageMaker training job that describes its channels."""
+    paths = sagemaker_container.container_paths(environ)
+    return os.path.isfile(paths.config_file(INPUT_DATA_CONFIG))
+
+
+def run(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ):
+    """Validates, prepares the channels, trains; returns launch.run's result.
+
+    Raises:
+      HyperparameterError: before any channel is read.
+      ChannelError, SourceDataError, ContainerError: a channel tfssd cannot use.
+      TrainingError and the rest of launch.run's errors.
+    """
+    paths = sagemaker_container.container_paths(environ)
+    channels = sagemaker_container.read_input_data_config(paths.config_file(INPUT_DATA_CONFIG))
+    for name in DATA_CHANNELS:  # a description tfssd cannot use fails before any work
+        if name in channels and name not in given:
+            sagemaker_channels.channel_format(channels[name], channels)
+    if "train" not in channels and "train" not in given:
+        raise ChannelError(f"{paths.config_file(INPUT_DATA_CONFIG)} has no 'train' channel "
+                           f"(it has {', '.join(channels) or 'none'})")
+    values, options = factory.resolve(given, environ, check_files=False)
+    options = dict(options)
+    records_dir = os.path.join(paths.work_dir, "records")
+    read = {name: sagemaker_channels.read_channel(paths, channels[name], channels,
+                                                  os.path.join(records_dir, name))
+            for name in DATA_CHANNELS if name in channels and name not in given}
+    names = _class_names(read, values["num_classes"])
+    for name, data in read.items():
+        options[name] = list(_records(name, data, channels[name], records_dir, names, values))
+    if "init_from" not in given:
+        options["init_from"] = model_channel(
+            environ.get("SM_CHANNEL_MODEL") or paths.channel_dir(MODEL_CHANNEL), paths.work_dir)
+    errors = check_options(values, options)
+    if errors:
+        raise HyperparameterError(errors)
+    from tfssd.training import launch
+
+    result = launch.run(values, options)
+    if result is not None and result.export_path:
+        keep_weights_with_model(options["model_dir"], options["export_dir"])
+    return result
+
+
+def _records(name: str, data: sagemaker_channels.ChannelData,
+             channel: sagemaker_container.Channel, records_dir: str, class_names: list[str],
+             values) -> tuple[str, ...]:
+    """The TFRecord files of channel ``name``: its own, or what its items convert to."""
+    if data.tfrecord_files:
+        logging.info("Channel %s: %d TFRecord files (%s mode), used as they are.", name,
+                     len(data.tfrecord_files), channel.input_mode)
+        return data.tfrecord_files
+    from tfssd.data import conversion  # TensorFlow: only once the values are known to be good
+
+    output_dir = os.path.join(records_dir, name)
+    shutil.rmtree(output_dir, ignore_errors=True)  # an earlier attempt's, never half reused
+    logging.info("Channel %s: %d images (%s, %s mode), converting to TFRecords in %s.", name,
+                 len(data.items), data.format, channel.input_mode, output_dir)
+    summary = conversion.convert(data.items, os.path.join(output_dir, name),
+                                 class_names=class_names, label_width=values["label_width"],
+                                 progress=conversion.print_progress)
+    size = sum(os.path.getsize(f) for f in summary.files)
+    logging.info("Channel %s converted (%.1f MB on disk):\n%s", name, size / 1e6,
+                 summary.format())
+    if not summary.images_written:
+        raise ChannelError(f"channel {name!r}: no usable image (every one was skipped; the "
+                           "summary above says why)")
+    return tuple(f for f in summary.files if f.endswith(".tfrecord"))
+
+
+def _class_names(read: Mapping[str, sagemaker_channels.ChannelData],
+                 num_classes: int) -> list[str]:
+    """num_classes names: those the channels give (they must agree), the ids elsewhere."""
+    names: dict[int, str] = {}
+    for channel, data in read.items():
+        for class_id, name in enumerate(data.class_names or []):
+            if class_id >= num_classes:
+                raise ChannelError(f"channel {channel!r} names {len(data.class_names)} classes "
+                                   f"({data.class_names}) but num_classes={num_classes}")
+            if names.setdefault(class_id, name) != name:
+                raise ChannelError(f"channel {channel!r} names class {class_id} {name!r}, "
+                                   f"another channel {names[class_id]!r}")
+    return [names.get(i, str(i)) for i in range(num_classes)]
+
+
+def model_channel(folder: str, work_dir: str) -> str | None:
+    """The tfssd model directory the ``model`` channel's ``folder`` holds, None without one.
+
+    A model.tar.gz there (as SageMaker passes an earlier job's artifact) is extracted into
+    ``work_dir`` first.
+    """
+    if not os.path.isdir(folder):
+        return None
+    root = folder
+    archives = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names
+                if n.endswith((".tar.gz", ".tgz", ".tar"))]
+    if archives:
+        root = os.path.join(work_dir, MODEL_CHANNEL)
+        shutil.rmtree(root, ignore_errors=True)
+        for archive in sorted(archives):
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(root, filter="data")
+            except (tarfile.TarError, OSError) as e:
+                raise ChannelError(f"channel 'model': cannot extract {archive}: {e}") from None
+    found = sorted(d for d, _, names in os.walk(root) if RUN_FILE in names)
+    if found:
+        logging.info("Channel model: incremental training from %s.", found[0])
+        return found[0]
+    if any(SAGEMAKER_SYMBOL in names for _, _, names in os.walk(root)):
+        raise ChannelError(f"channel 'model' holds a model of SageMaker's MXNet algorithm "
+                           f"({SAGEMAKER_SYMBOL}); tfssd cannot start from it yet")
+    raise ChannelError(f"channel 'model': no tfssd model in {folder} (no {RUN_FILE} in it, in "
+                       "its folders or in a model.tar.gz there)")
+
+
+def keep_weights_with_model(model_dir: str, export_dir: str) -> None:
+    """Copies the run file and best weights into ``export_dir/checkpoints`` (model.tar.gz), where
+    ``--init_from`` and the ``model`` channel of a later job find them."""
+    target = os.path.join(export_dir, "checkpoints")
+    if os.path.abspath(model_dir) == os.path.abspath(target):
+        return
+    os.makedirs(target, exist_ok=True)
+    shutil.copy2(os.path.join(model_dir, RUN_FILE), target)
+    best = os.path.join(model_dir, BEST_DIR)
+    if os.path.isdir(best):
+        shutil.copytree(best, os.path.join(target, BEST_DIR), dirs_exist_ok=True)
+        return
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
+        prefix = os.path.basename(latest)
+        for name in os.listdir(model_dir):
+            if name.startswith(prefix + "."):
+                shutil.copy2(os.path.join(model_dir, name), target)
+        with open(os.path.join(target, "checkpoint"), "w", encoding="utf-8") as f:
+            f.write(f'model_checkpoint_path: "{prefix}"\n'
+                    f'all_model_checkpoint_paths: "{prefix}"\n')
