@@ -113,13 +113,15 @@ class EvaluationReport:
     class_names: list[str]
     voc: Any = None  # tfssd.evaluation.voc_ap.EvaluationResult (mean_ap, per-class AP)
     coco: Any = None  # tfssd.evaluation.coco_ap's result (AP@[.5:.95], AP50, AP75, by size)
+    figures: Any = None  # with report_dir: tfssd.evaluation.report.ReportFigures
 
 
 def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
              metrics: Sequence[str] = ("voc",), overlap_threshold: float = 0.5,
              ap_method: str = "11point", label_width: int = 350, batch_size: int = 16,
              input_format: str = "auto", skip_corrupt_records: bool = False,
-             num_threads: int | None = None) -> EvaluationReport:
+             num_threads: int | None = None, report_dir: str | os.PathLike | None = None,
+             image_shape: int | None = None) -> EvaluationReport:
     """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images.
 
     Args:
@@ -127,6 +129,10 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
       validation: TFRecord files, globs or directories, in tfssd's schema or the TF Object
         Detection API's (``input_format``: auto, tfssd or odapi).
       metrics: any of ``voc`` (AP at ``overlap_threshold``), ``coco`` (pycocotools).
+      report_dir: also write the report there (PR and F1 curves, best thresholds, confusion
+        matrix, AP by object size, worst images; tfssd/evaluation/plots.py).
+      image_shape: the network input's side, for the report's object sizes; default the
+        model's where it says (a .tflite, a model directory), else 300.
       The rest: as tfssd-evaluate's flags of the same names.
 
     Raises:
@@ -161,23 +167,34 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
                                           skip_corrupt_records=skip_corrupt_records)
     evaluator = DetectionEvaluator(len(class_names), overlap_threshold, ap_method)
     coco = COCOEvaluator(len(class_names)) if "coco" in metrics else None
+    filenames: list[str] = []
 
-    def add_to_coco(batch, detections):
-        # COCO's object sizes are in pixels: each image's size, read from its header.
-        sizes = [inspect_image(data, name.decode(errors="replace"), max_pixels=0, decode=False)
-                 for data, name in zip(batch["image_bytes"].numpy(), batch["filename"].numpy())]
-        coco.add_batch(detections, batch, [(info.height, info.width) for info in sizes])
+    def on_batch(batch, detections):
+        names = [name.decode(errors="replace") for name in batch["filename"].numpy()]
+        filenames.extend(names)
+        if coco:  # COCO's object sizes are in pixels: each image's size, from its header
+            sizes = [inspect_image(data, name, max_pixels=0, decode=False)
+                     for data, name in zip(batch["image_bytes"].numpy(), names)]
+            coco.add_batch(detections, batch, [(info.height, info.width) for info in sizes])
 
     try:
         result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]),
-                                  evaluator, add_to_coco if coco else None)
+                                  evaluator, on_batch)
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
         known = errors.data_error(e, files, resolved_format)
         raise EvaluationDataError(str(known if known is not e else errors.cause(e))) from None
+    figures = None
+    if report_dir is not None:
+        from tfssd.evaluation import plots
+
+        side = image_shape or getattr(detector, "image_size", None) or 300
+        figures = plots.write_report(
+            evaluator, os.fspath(report_dir), list(class_names), side,
+            plots.records_reader(files, resolved_format, filenames), filenames)
     return EvaluationReport(model_path=detector.path, num_images=evaluator.num_images,
                             class_names=list(class_names),
                             voc=result if "voc" in metrics else None,
-                            coco=coco.result() if coco else None)
+                            coco=coco.result() if coco else None, figures=figures)
 
 
 def import_sagemaker(model: str | os.PathLike, output: str | os.PathLike, *,

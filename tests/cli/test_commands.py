@@ -76,11 +76,21 @@ def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_p
 
 
 @pytest.mark.slow
-def test_evaluate_the_exported_model(trained):
+def test_evaluate_the_exported_model(trained, tmp_path):
+    """With --report, which adds its files and lines to the same output."""
     result = run("-m", "tfssd.cli.evaluate", f"--saved_model={trained['model_dir']}/export",
-                 f"--validation={trained['work']}/data/val-*")
+                 f"--validation={trained['work']}/data/val-*", f"--report={tmp_path}/report",
+                 "--image_shape=300")
     assert re.search(METRIC_REGEXES["validation:mAP"], result.stdout)
     assert "circle" in result.stdout and "8 images" in result.stdout
+    assert f"report: {tmp_path}/report (objects sized at 300x300)" in result.stdout
+    for name in ("pr_curves", "f1", "confusion_matrix", "by_size"):
+        with Image.open(tmp_path / "report" / f"{name}.png") as png:
+            assert png.size == (800, 600)
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["images"] == 8 and "overall" in summary["best_threshold"]
+    confusion = (tmp_path / "report" / "confusion_matrix.csv").read_text().splitlines()
+    assert confusion[0].endswith(",background") and len(confusion) == 3 + 2
 
 
 def _as_odapi(tfssd_files: list[str], path: str) -> None:

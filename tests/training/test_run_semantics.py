@@ -3,6 +3,7 @@ and what TensorBoard receives."""
 
 import dataclasses
 import glob
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from tests.training.test_training import tiny_config
 from tfssd import training
@@ -73,7 +75,7 @@ def _scripted_evaluations(monkeypatch, scores):
     def evaluate(self):
         score = next(calls)
         return (EvaluationResult(score, np.array([score, np.nan, np.nan]), np.array([1, 0, 0]),
-                                 np.array([1, 0, 0])), np.zeros((0, 1, 1, 3), np.uint8))
+                                 np.array([1, 0, 0])), {})
 
     monkeypatch.setattr(training.Trainer, "evaluate", evaluate)
 
@@ -159,5 +161,14 @@ def test_tensorboard_receives_scalars_images_and_hyperparameters(shapes_tfrecord
                     tags.setdefault(kind, set()).add(value.tag)
     assert {"loss/total", "loss/cross_entropy", "loss/smooth_l1", "learning_rate",
             "throughput_images_per_second", "hyperparameters"} <= tags["train"]
-    assert {"mAP", "ground_truth_left_detections_right"} <= tags["validation"]
+    assert {"mAP", "ground_truth_left_detections_right", "pr_curves",
+            "confusion_matrix"} <= tags["validation"]
     assert any(tag.startswith("AP/") for tag in tags["validation"])
+    # The evaluation report of the exported weights, at the end of the run.
+    report = tmp_path / "run" / "report"
+    figures = json.loads((report / "report.json").read_text())
+    assert figures["images"] == 8 and figures["image_shape"] == 128
+    assert set(figures["best_threshold"]) == {"circle", "square", "triangle", "overall"}
+    for name in ("pr_curves", "f1", "confusion_matrix", "by_size"):
+        with Image.open(report / f"{name}.png") as image:
+            assert image.size == (800, 600)

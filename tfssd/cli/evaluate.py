@@ -8,6 +8,12 @@ in its serving graph, a .tflite gets them decoded and resized on the host (tfssd
 ``voc`` prints per-class AP and the mAP at --overlap_threshold (tfssd's VOC evaluation), also as
 SageMaker's validation:mAP line; ``coco`` prints COCO's AP@[.5:.95], AP50, AP75 and AP by object
 size, computed by pycocotools.
+
+--report=DIR also writes a report a person can act on into DIR (tfssd.evaluation.plots):
+per-class precision-recall and F1-against-threshold curves with the threshold that maximises F1
+(report.json), the confusion matrix at --overlap_threshold with a background row and column, AP
+and recall by object size at the network input (small < 32², large >= 96² pixels), and the
+images with the most errors drawn; plots as PNG beside their CSV and JSON figures.
 """
 
 import sys
@@ -38,6 +44,11 @@ def define_flags() -> None:
                       "Skip records whose label does not fit --label_width or is invalid, "
                       "instead of stopping with the record named.")
     flags.DEFINE_integer("num_threads", None, ".tflite only: LiteRT's CPU threads.")
+    flags.DEFINE_string("report", None, "Also write the report (PR and F1 curves, confusion "
+                        "matrix, AP by object size, worst images: PNG, CSV, JSON) into this "
+                        "directory.")
+    flags.DEFINE_integer("image_shape", None, "--report: the network's input side, for object "
+                         "sizes; default: the model's (a .tflite or model directory), else 300.")
     flags.mark_flags_as_mutual_exclusive(["model", "saved_model"], required=True)
     flags.mark_flag_as_required("validation")
 
@@ -49,13 +60,18 @@ def main(argv):
     from tfssd.training import sagemaker_metrics
     from tfssd.training.distribution import Cluster
 
+    if FLAGS.report:
+        _check_report_dir(FLAGS.report)
+    if FLAGS.image_shape is not None and FLAGS.image_shape < 1:
+        raise app.UsageError(f"--image_shape={FLAGS.image_shape}: expected a positive side")
     try:
         report = api.evaluate(
             FLAGS.model or FLAGS.saved_model, FLAGS.validation, metrics=FLAGS.metrics,
             overlap_threshold=FLAGS.overlap_threshold, ap_method=FLAGS.ap_method,
             label_width=FLAGS.label_width, batch_size=FLAGS.batch_size,
             input_format=FLAGS.input_format, skip_corrupt_records=FLAGS.skip_corrupt_records,
-            num_threads=FLAGS.num_threads)
+            num_threads=FLAGS.num_threads, report_dir=FLAGS.report,
+            image_shape=FLAGS.image_shape)
     except api.EvaluationDataError as e:
         print(f"tfssd-evaluate: {e}", file=sys.stderr)
         sys.exit(1)
@@ -68,6 +84,36 @@ def main(argv):
         print(sagemaker_metrics.validation_map(Cluster().host, 0, report.voc.mean_ap))
     if report.coco is not None:
         print(report.coco.format(report.class_names))
+    if report.figures is not None:
+        _print_report(report.figures)
+
+
+def _check_report_dir(path: str) -> None:
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise app.UsageError(f"--report={path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise app.UsageError(f"--report={path}: cannot create the directory ({e.strerror})"
+                             ) from None
+
+
+def _print_report(figures) -> None:
+    from tfssd.evaluation import report
+
+    overall = figures.curves[report.OVERALL].best()
+    print(f"report: {FLAGS.report} (objects sized at {figures.image_shape}x"
+          f"{figures.image_shape})")
+    if overall["threshold"] is not None:
+        print(f"  best overall F1 {overall['f1']:.3f} at score >= {overall['threshold']:.3f} "
+              f"(precision {overall['precision']:.3f}, recall {overall['recall']:.3f})")
+    for name in report.SIZES:
+        size = figures.sizes[name]
+        if size["objects"]:
+            print(f"  {name:6s} {size['objects']:6d} objects: mAP {size['mAP']:.4f}, "
+                  f"recall {size['recall']:.3f}")
 
 
 def _as_flag(message: str) -> str:

@@ -4,6 +4,14 @@
 
 Reads tfssd's schema or the TF Object Detection API's (--input_format, detected by default).
 --decode decodes every image to find the ones that would stop training.
+
+  tfssd-inspect --input='data/train-*' --coverage --base_network=vgg-16 --image_shape=300
+
+--coverage reports how well the network's anchors fit the boxes: for each box the best IoU of
+any anchor at --image_shape, the share of boxes whose best IoU is not above
+--overlap_threshold (those get only their one forced anchor in training), overall and by
+object size, and the same shares recomputed at each of --compare_shapes, sizes measured at
+--image_shape throughout.
 """
 
 import os
@@ -23,12 +31,21 @@ def define_flags() -> None:
     flags.DEFINE_string("grid", None, "Write a PNG grid of sample images with their boxes here.")
     flags.DEFINE_integer("grid_images", 16, "Images in the grid.")
     flags.DEFINE_bool("decode", False, "Decode every image (finds undecodable records).")
-    flags.DEFINE_integer("image_shape", 300, "Network input side, for the box-size histogram.")
+    flags.DEFINE_integer("image_shape", 300, "Network input side, for the box-size histogram "
+                         "and --coverage.")
+    flags.DEFINE_bool("coverage", False, "Report the anchor coverage of the boxes (see above).")
+    flags.DEFINE_enum("base_network", "vgg-16", ["vgg-16", "resnet-50"],
+                      "--coverage: the network whose anchors are measured.")
+    flags.DEFINE_float("overlap_threshold", 0.5, "--coverage: the matching IoU (SageMaker's "
+                       "overlap_threshold), in (0, 1].")
+    flags.DEFINE_list("compare_shapes", ["300", "512", "768"], "--coverage: the input sides to "
+                      "recompute the coverage at, besides --image_shape.")
     flags.mark_flag_as_required("input")
 
 
 def main(argv):
     del argv
+    shapes = _coverage_shapes() if FLAGS.coverage else []
     from tfssd.config.input_files import expand_files
     from tfssd.data import conversion, inspection, schema
     from tfssd.ops.drawing import save_png
@@ -46,6 +63,37 @@ def main(argv):
     if FLAGS.grid and report.samples:
         save_png(inspection.sample_grid(report), FLAGS.grid)
         print(f"wrote {FLAGS.grid}")
+    if FLAGS.coverage:
+        from tfssd.evaluation import anchor_coverage
+
+        boxes = anchor_coverage.read_boxes(files, input_format)
+        try:
+            results = anchor_coverage.compare_shapes(boxes, FLAGS.base_network, shapes,
+                                                     FLAGS.image_shape, FLAGS.overlap_threshold)
+        except ValueError as e:
+            raise app.UsageError(f"--coverage: {e}") from None
+        print(anchor_coverage.format_table(results, FLAGS.base_network, FLAGS.overlap_threshold,
+                                           FLAGS.image_shape))
+
+
+def _coverage_shapes() -> list[int]:
+    """--image_shape first, then the other --compare_shapes, each checked."""
+    if not 0 < FLAGS.overlap_threshold <= 1:
+        raise app.UsageError(f"--overlap_threshold={FLAGS.overlap_threshold}: expected (0, 1]")
+    shapes = [FLAGS.image_shape]
+    for value in FLAGS.compare_shapes:
+        try:
+            shape = int(value)
+        except ValueError:
+            shape = 0
+        if shape < 32:
+            raise app.UsageError(f"--compare_shapes: {value!r} is not an input side of at "
+                                 "least 32")
+        if shape not in shapes:
+            shapes.append(shape)
+    if FLAGS.image_shape < 32:
+        raise app.UsageError(f"--image_shape={FLAGS.image_shape}: expected at least 32")
+    return shapes
 
 
 def run() -> None:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfssd.config.run_config import Config
 from tfssd.data import pipeline, schema
+from tfssd.evaluation import plots
 from tfssd.evaluation.coco_ap import COCOEvaluator
 from tfssd.evaluation.voc_ap import DetectionEvaluator, EvaluationResult
 from tfssd.model.postprocess import detect
@@ -78,16 +79,21 @@ class Validator:
         settings = dict(nms_threshold=config.model.nms_threshold,
                         score_threshold=config.model.score_threshold,
                         max_detections=config.model.max_detections)
+        # The last evaluation's evaluator (every image's detections and ground truth) and its
+        # images' filenames, for tfssd.evaluation.plots (reports, TensorBoard plots).
+        self.last_evaluator: DetectionEvaluator | None = None
+        self.last_filenames: list[str] = []
         self._detect = tf.function(lambda images: detect(model, images, tf.constant(anchors),
                                                          **settings),
                                    reduce_retracing=True)
 
-    def evaluate(self) -> tuple[EvaluationResult, np.ndarray]:
+    def evaluate(self) -> tuple[EvaluationResult, dict[str, np.ndarray]]:
         """Validation mAP of the current weights (every worker computes the same).
 
         Returns:
-          The result, and uint8 [N, S, 2S, 3]: the first validation images, ground truth on
-          the left and detections scoring at least SUMMARY_MIN_SCORE on the right.
+          The result, and images for TensorBoard by name, each uint8 [N, H, W, 3]: the first
+          validation images (ground truth on the left, detections scoring at least
+          SUMMARY_MIN_SCORE on the right), the PR curves and the confusion matrix (plots.py).
         """
         data = self.config.data
         evaluator = DetectionEvaluator(self.config.model.num_classes,
@@ -97,11 +103,12 @@ class Validator:
             data.validation_files, image_size=self.config.model.image_size,
             label_width=data.label_width, batch_size=self.config.train.mini_batch_size,
             input_format=self.input_format, skip_corrupt_records=data.skip_corrupt_records)
-        drawn = []
+        drawn, filenames = [], []
         coco = COCOEvaluator(self.config.model.num_classes) if (
             self.config.eval.coco_metrics) else None
 
         def on_batch(batch, detections):
+            filenames.extend(name.decode(errors="replace") for name in batch["filename"].numpy())
             if len(drawn) < SUMMARY_IMAGES:
                 drawn.extend(self._draw(batch, detections, SUMMARY_IMAGES - len(drawn)))
             if coco:
@@ -112,12 +119,25 @@ class Validator:
                                       evaluator, on_batch)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             raise self._translate(e, data.validation_files) from None
+        self.last_evaluator, self.last_filenames = evaluator, filenames
         if coco:
             stats = coco.result().stats
             result = dataclasses.replace(result, extra_metrics={
                 f"COCO/{name}": stats[name] for name in ("AP", "AP50", "AP75", "AP_small",
                                                          "AP_medium", "AP_large")})
-        return result, np.stack(drawn) if drawn else np.zeros((0, 1, 1, 3), np.uint8)
+        images = {"ground_truth_left_detections_right":
+                  np.stack(drawn) if drawn else np.zeros((0, 1, 1, 3), np.uint8)}
+        plotted = plots.report_images(evaluator, self.class_names, self.config.model.image_size)
+        images.update({name: image[None] for name, image in plotted.items()})
+        return result, images
+
+    def write_report(self, out_dir: str):
+        """The report of the last evaluation into ``out_dir`` (plots.write_report's files)."""
+        data = self.config.data
+        return plots.write_report(
+            self.last_evaluator, out_dir, self.class_names, self.config.model.image_size,
+            plots.records_reader(data.validation_files, self.input_format, self.last_filenames),
+            self.last_filenames)
 
     def _draw(self, batch, detections, count: int) -> list[np.ndarray]:
         images = []

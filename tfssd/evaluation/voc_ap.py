@@ -44,6 +44,61 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassMatches:
+    """One class's detections ranked by score over all images, each judged by VOC's rule."""
+
+    scores: np.ndarray  # float [N], non-increasing
+    true_pos: np.ndarray  # float [N], 1 where the detection is a true positive
+    false_pos: np.ndarray  # float [N], 1 where a false positive; both 0: ignored (difficult)
+    num_ground_truth: int  # objects in the recall's denominator
+
+    def recall_precision(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recall and precision [N] after each ranked detection (cumulative)."""
+        tp, fp = np.cumsum(self.true_pos), np.cumsum(self.false_pos)
+        recall = tp / max(self.num_ground_truth, 1)
+        return recall, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+
+
+def match_ranked(detections, ground_truth: dict, iou_threshold: float,
+                 ignore_unmatched=None) -> ClassMatches:
+    """VOC's matching of one class: detections by falling score, each to its best ground truth.
+
+    Args:
+      detections: (image, score, box [4] normalised yxyx) tuples of the class.
+      ground_truth: image -> (boxes [M, 4] normalised yxyx, ignored bool [M]) of the class;
+        ignored boxes (difficult) are out of the recall's denominator, and a detection whose
+        best match is one counts neither way.
+      iou_threshold: a match needs IoU above it.
+      ignore_unmatched: optional ``boxes [K, 4] -> bool [K]``: detections that count neither
+        way when they are not a true positive.
+    """
+    dets = sorted(detections, key=lambda d: -d[1])  # stable, as the devkit's sort
+    num_gt = sum(int(np.sum(~ignored)) for _, ignored in ground_truth.values())
+    taken = {i: np.zeros(len(ignored), bool) for i, (_, ignored) in ground_truth.items()}
+    true_pos, false_pos = np.zeros(len(dets)), np.zeros(len(dets))
+    for k, (image, _, box) in enumerate(dets):
+        boxes, ignored = ground_truth.get(image, (np.zeros((0, 4)), np.zeros(0, bool)))
+        if len(boxes) == 0:
+            false_pos[k] = 1
+            continue
+        overlaps = box_iou(box, boxes)
+        best = int(np.argmax(overlaps))
+        if overlaps[best] > iou_threshold:
+            if ignored[best]:
+                continue
+            if not taken[image][best]:
+                true_pos[k], taken[image][best] = 1, True
+            else:
+                false_pos[k] = 1
+        else:
+            false_pos[k] = 1
+    if ignore_unmatched is not None and len(dets):
+        skip = np.asarray(ignore_unmatched(np.stack([d[2] for d in dets])), bool)
+        false_pos[skip] = 0
+    return ClassMatches(np.array([d[1] for d in dets], np.float64), true_pos, false_pos, num_gt)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     mean_ap: float  # NaN when no class has ground truth
     ap: np.ndarray  # float [num_classes], NaN for classes without ground truth
@@ -107,43 +162,47 @@ class DetectionEvaluator:
     def num_images(self) -> int:
         return len(self._ground_truth)
 
+    def images(self) -> list[tuple[np.ndarray, ...]]:
+        """Per image, in the order added: (det_boxes [K, 4], det_scores [K], det_classes [K],
+        gt_boxes [M, 4], gt_classes [M], gt_difficult [M]); boxes normalised yxyx."""
+        per_image = [([], [], []) for _ in self._ground_truth]
+        for image, cls, score, box in self._detections:
+            per_image[image][0].append(box)
+            per_image[image][1].append(score)
+            per_image[image][2].append(cls)
+        return [(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64),
+                 np.asarray(classes, np.int64), *truth)
+                for (boxes, scores, classes), truth in zip(per_image, self._ground_truth)]
+
+    def class_matches(self, class_id: int, ignored: list[np.ndarray] | None = None,
+                      ignore_unmatched=None) -> ClassMatches:
+        """VOC matching of one class's detections over all images (see ``match_ranked``).
+
+        Args:
+          class_id: the class.
+          ignored: per image, bool [M] over all its ground truth: boxes to leave out of the
+            recall (as difficult ones are); None: the difficult flags alone.
+          ignore_unmatched: a function ``boxes [K, 4] -> bool [K]``: detections that count
+            neither way when they match nothing (COCO's rule for object sizes); None: none.
+        """
+        gt = {}
+        for i, (boxes, classes, difficult) in enumerate(self._ground_truth):
+            skip = difficult if ignored is None else (difficult | ignored[i])
+            gt[i] = (boxes[classes == class_id], skip[classes == class_id])
+        dets = [(image, score, box) for image, cls, score, box in self._detections
+                if cls == class_id]
+        return match_ranked(dets, gt, self.iou_threshold, ignore_unmatched)
+
     def result(self) -> EvaluationResult:
         ap = np.full(self.num_classes, np.nan)
         num_gt = np.zeros(self.num_classes, int)
         num_det = np.zeros(self.num_classes, int)
-        by_class = [[] for _ in range(self.num_classes)]
-        for detection in self._detections:
-            if 0 <= detection[1] < self.num_classes:
-                by_class[detection[1]].append(detection)
         for c in range(self.num_classes):
-            gt = {i: (boxes[classes == c], difficult[classes == c])
-                  for i, (boxes, classes, difficult) in enumerate(self._ground_truth)}
-            num_gt[c] = sum(int(np.sum(~d)) for _, d in gt.values())
-            dets = sorted(by_class[c], key=lambda d: -d[2])
-            num_det[c] = len(dets)
+            matches = self.class_matches(c)
+            num_gt[c] = matches.num_ground_truth
+            num_det[c] = len(matches.scores)
             if num_gt[c] == 0:
                 continue
-            taken = {i: np.zeros(len(d), bool) for i, (_, d) in gt.items()}
-            true_pos, false_pos = np.zeros(len(dets)), np.zeros(len(dets))
-            for k, (image, _, _, box) in enumerate(dets):
-                boxes, difficult = gt[image]
-                if len(boxes) == 0:
-                    false_pos[k] = 1
-                    continue
-                overlaps = box_iou(box, boxes)
-                best = int(np.argmax(overlaps))
-                if overlaps[best] > self.iou_threshold:
-                    if difficult[best]:
-                        continue
-                    if not taken[image][best]:
-                        true_pos[k], taken[image][best] = 1, True
-                    else:
-                        false_pos[k] = 1
-                else:
-                    false_pos[k] = 1
-            tp, fp = np.cumsum(true_pos), np.cumsum(false_pos)
-            recall = tp / num_gt[c]
-            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-            ap[c] = average_precision(recall, precision, self.method)
+            ap[c] = average_precision(*matches.recall_precision(), self.method)
         mean_ap = float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
         return EvaluationResult(mean_ap, ap, num_gt, num_det)

@@ -35,7 +35,7 @@ class Controller:
         self.state = state
         self.checkpoints = checkpoints
         self.reporter = reporter
-        self.evaluate = evaluate  # () -> (EvaluationResult, drawn images); None: no validation
+        self.evaluate = evaluate  # () -> (EvaluationResult, images by name); None: no validation
         self.consecutive_skips = 0
         self.stop_requested = stop_requested or threading.Event()
 
@@ -86,8 +86,8 @@ class Controller:
         """Validation, early stopping and the epoch's checkpoint; True when training stops."""
         stop = False
         if self.evaluate:
-            result, drawn = self.evaluate()
-            self.reporter.validation(result, drawn, epoch, step)
+            result, images = self.evaluate()
+            self.reporter.validation(result, images, epoch, step)
             if early.best is None or result.mean_ap > early.best:
                 self.checkpoints.save_best(step)
             should_stop = early.update(epoch, result.mean_ap)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -100,8 +101,10 @@ class Reporter:
             tf.summary.scalar("learning_rate", learning_rate)
             tf.summary.scalar("throughput_images_per_second", images_per_s)
 
-    def validation(self, result: EvaluationResult, drawn: np.ndarray, epoch: int,
-                   step: int) -> None:
+    def validation(self, result: EvaluationResult, images: Mapping[str, np.ndarray],
+                   epoch: int, step: int) -> None:
+        """The metric lines and summaries of one validation; ``images``: name -> uint8
+        [N, H, W, 3] (drawn detections, PR curves, confusion matrix)."""
         self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
         self.log(f"validation after epoch {epoch}: " + result.format(self.class_names))
         if result.extra_metrics:
@@ -112,9 +115,9 @@ class Reporter:
             for name, value in result.extra_metrics.items():
                 if not np.isnan(value):
                     tf.summary.scalar(name, value)
-            if len(drawn):
-                tf.summary.image("ground_truth_left_detections_right", drawn,
-                                 max_outputs=SUMMARY_IMAGES)
+            for name, batch in images.items():
+                if len(batch):
+                    tf.summary.image(name, batch, max_outputs=SUMMARY_IMAGES)
             for name, ap in zip(self.class_names, result.ap):
                 if not np.isnan(ap):
                     tf.summary.scalar(f"AP/{name}", ap)

@@ -24,6 +24,7 @@ from tfssd.config.options import check_options
 from tfssd.config.run_config import BEST_DIR, RUN_FILE
 from tfssd.data import sagemaker_channels
 from tfssd.data.sagemaker_channels import ChannelError
+from tfssd.training import stop_signal
 
 INPUT_DATA_CONFIG = "inputdataconfig.json"
 DATA_CHANNELS = ("train", "validation")
@@ -45,6 +46,11 @@ def run(given: Mapping[str, Any], environ: Mapping[str, str] = os.environ):
       ChannelError, SourceDataError, ContainerError: a channel tfssd cannot use.
       TrainingError and the rest of launch.run's errors.
     """
+    with stop_signal.sigterm_exits():  # this process may be the container's PID 1
+        return _run(given, environ)
+
+
+def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
     paths = sagemaker_container.container_paths(environ)
     channels = sagemaker_container.read_input_data_config(paths.config_file(INPUT_DATA_CONFIG))
     for name in DATA_CHANNELS:  # a description tfssd cannot use fails before any work

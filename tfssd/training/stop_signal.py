@@ -42,3 +42,25 @@ def sigterm_requests_stop() -> Iterator[threading.Event]:
         yield requested
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143), so that cleanup runs.
+
+    A container's first process (PID 1, as ``docker run IMAGE train`` starts tfssd) ignores
+    SIGTERM unless it handles it: SageMaker would wait out its grace period and kill it.
+    ``sigterm_requests_stop`` takes over while steps run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum, frame):
+        raise SystemExit(EXIT_CODE)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

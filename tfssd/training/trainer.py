@@ -24,6 +24,7 @@ from tfssd.config import precision
 from tfssd.config.run_config import Config
 from tfssd.data import conversion, pipeline, schema
 from tfssd.deploy import saved_model as export
+from tfssd.evaluation import report
 from tfssd.evaluation.validation import Validator, ground_truth_per_class
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.model.freezing import FreezePatternError
@@ -221,8 +222,8 @@ class Trainer:
                 len(counts) - len(missing))
         return True
 
-    def evaluate(self) -> tuple[EvaluationResult, np.ndarray]:
-        """Validation mAP of the current weights, and the first images drawn (validation.py)."""
+    def evaluate(self) -> tuple[EvaluationResult, dict[str, np.ndarray]]:
+        """Validation mAP of the current weights, and images for TensorBoard (validation.py)."""
         return self.validator.evaluate()
 
     def train(self) -> TrainingResult:
@@ -297,6 +298,7 @@ class Trainer:
                 f"{export_path} ({cfg.export_precision}). Checkpoints and TensorBoard logs: "
                 f"{cfg.model_dir} "
                 f"(tensorboard --logdir {cfg.model_dir}).")
+            self._write_report(step // cfg.steps_per_epoch, early)
         self.runner.finish(self.model)
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -304,6 +306,24 @@ class Trainer:
                               best_map=early.best, best_epoch=early.best_epoch or None,
                               stopped_early=stopped_early, export_path=export_path,
                               model_dir=cfg.model_dir)
+
+
+    def _write_report(self, last_epoch: int, early: EarlyStopping) -> None:
+        """The evaluation report (evaluation/plots.py) into MODEL_DIR/report: of the exported
+        weights, evaluated again when they are not the last epoch's (on one worker)."""
+        if self.validator.last_evaluator is None:
+            return
+        epoch = last_epoch
+        if early.best_epoch and early.best_epoch != last_epoch and self.cluster.num_workers == 1:
+            self.validator.evaluate()  # the best weights are loaded: what was exported
+            epoch = early.best_epoch
+        folder = os.path.join(self.config.train.model_dir, "report")
+        figures = self.validator.write_report(folder)
+        best = figures.curves[report.OVERALL].best()
+        threshold = (f"; F1 is best ({best['f1']:.3f}) at score >= {best['threshold']:.2f}"
+                     if best["threshold"] is not None else "")
+        self.reporter.log(f"Evaluation report of the weights of epoch {epoch}: {folder} (PR and "
+                          f"F1 curves, confusion matrix, AP by size, worst images){threshold}.")
 
 
 def _latest_export(export_base: str) -> str | None:
