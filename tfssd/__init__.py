@@ -1,11 +1,12 @@
 """tfssd: SSD object detection on TensorFlow 2 / Keras 3, driven by SageMaker's hyperparameters.
 
-The public API (tfssd/api.py): ``train``, ``load`` (then ``detect``), ``convert``, ``evaluate``.
+The public API (tfssd/api.py): ``train``, ``load`` (then ``detect``), ``convert``, ``evaluate``,
+``import_sagemaker``.
 They are imported on first use, so that ``import tfssd`` stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["convert", "evaluate", "load", "train"]
+__all__ = ["convert", "evaluate", "import_sagemaker", "load", "train"]
 
 
 def __getattr__(name):

@@ -80,6 +80,7 @@ def test_a_job_from_the_container_files_alone_trains_and_its_model_serves(first_
     run_file = json.loads((root / "model" / "checkpoints" / "tfssd_run.json").read_text())
     assert run_file["class_names"] == sm.CLASS_NAMES  # from the validation channel's JSON
     assert not (root / "output" / "failure").exists()
+    assert (root / "output" / "data" / "report" / "pr_curves.png").is_file()  # output.tar.gz
 
     # `docker run IMAGE serve` on that model: SageMaker's /ping and /invocations.
     with socket.socket() as s:
@@ -204,3 +205,37 @@ def test_the_images_of_a_piped_manifest_decode(pictures):
     image, label, metadata = list(mxnet_formats.read_record_stream(io.BytesIO(records), "x"))
     assert Image.open(io.BytesIO(image)).size == tuple(pictures["train"][0][1:3])
     assert json.loads(label)["annotations"] and json.loads(metadata)["class-map"]["0"] == "circle"
+
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sagemaker", "vgg16_narrow")
+
+
+@pytest.mark.slow
+def test_a_model_of_sagemakers_algorithm_in_the_model_channel_trains_on(pictures, tmp_path,
+                                                                         absl_lines):
+    """Incremental training across frameworks: SageMaker's MXNet model.tar.gz (a narrow VGG-16
+    made by MXNet, tests/fixtures/sagemaker) imported, then trained from (in this process)."""
+    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.training import sagemaker_job
+
+    root = tmp_path / "opt" / "ml"
+    hyperparameters = {**HYPERPARAMETERS, "num_training_samples": 8, "image_shape": 300}
+    sm.make_job(str(root), hyperparameters, {
+        "train": IMAGES, "train_annotation": JSON,
+        "model": {"ContentType": "application/x-sagemaker-model"}})
+    sm.write_image_json(pictures["train"][:8], str(root / "input/data/train"),
+                        str(root / "input/data/train_annotation"))
+    os.makedirs(root / "input/data/model")
+    with tarfile.open(root / "input/data/model/model.tar.gz", "w:gz") as tar:
+        for name in ("model_algo_1-symbol.json", "model_algo_1-0000.params", "hyperparams.json"):
+            tar.add(os.path.join(FIXTURE, name), arcname=name)
+    environ = {"TFSSD_SAGEMAKER_ROOT": str(root)}
+
+    with pytest.raises(ChannelError, match="set the hyperparameter "
+                                           "base_network=sagemaker-vgg-16 to train it on"):
+        sagemaker_job.run({}, environ)  # the job still says vgg-16: tfssd's network
+    result = sagemaker_job.run({"base_network": "sagemaker-vgg-16"}, environ)
+    assert result.global_step == 2 and result.export_path == str(root / "model" / "1")
+    log = "\n".join(absl_lines)
+    assert "SageMaker's sagemaker-vgg-16 model imported" in log
+    assert "Initialised the network from" in log

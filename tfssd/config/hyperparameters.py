@@ -149,7 +149,9 @@ class Hyperparameter:
 
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("base_network", "vgg-16", _choice(*config_lib.BASE_NETWORKS),
-                   "Backbone: vgg-16 or resnet-50."),
+                   "Backbone: vgg-16 or resnet-50 (tfssd's, with keras.applications' "
+                   "ImageNet weights); sagemaker-vgg-16 or sagemaker-resnet-50 (SageMaker's "
+                   "MXNet networks layer for layer, as tfssd-import-sagemaker makes them)."),
     Hyperparameter("use_pretrained_model", "1", _zero_or_one,
                    "1: start the backbone from ImageNet weights; 0: train from scratch."),
     Hyperparameter("num_classes", None, _positive_int,

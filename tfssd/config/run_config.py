@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-BASE_NETWORKS = ("vgg-16", "resnet-50")
+# SageMaker's names (tfssd's networks), then SageMaker's own MXNet networks layer for layer
+# (model/sagemaker_networks.py: what tfssd-import-sagemaker makes of SageMaker's models).
+BASE_NETWORKS = ("vgg-16", "resnet-50", "sagemaker-vgg-16", "sagemaker-resnet-50")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 KV_STORES = ("dist_sync", "dist_async")
 AP_METHODS = ("11point", "allpoint")

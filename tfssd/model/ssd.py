@@ -19,7 +19,7 @@ from keras import layers
 
 from tfssd.config import precision
 from tfssd.config.run_config import ModelConfig
-from tfssd.model import freezing, weights
+from tfssd.model import freezing, sagemaker_networks, weights
 from tfssd.model.layers import CaffePreprocessing, L2Normalization
 from tfssd.model.resnet50 import resnet50_features
 from tfssd.model.vgg16 import scaled, vgg16_features
@@ -109,12 +109,19 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
     """Builds SSD with freshly initialised weights.
 
     Args:
-      base_network: "vgg-16" or "resnet-50".
+      base_network: "vgg-16" or "resnet-50"; or SageMaker's own networks, "sagemaker-vgg-16"
+        or "sagemaker-resnet-50" (tfssd/model/sagemaker_networks.py, for imported models).
       num_classes: object classes, background not counted.
       image_size: side of the square input (>= 300 for SageMaker; smaller works for tests).
       width_multiplier: scales the channels of the backbone and extra layers.
       train_batch_norm: ResNet-50 only: train BatchNorm (from scratch) instead of freezing it.
     """
+    if base_network in sagemaker_networks.NETWORKS:  # SageMaker's own (MXNet) networks
+        model, anchors, names, sizes = sagemaker_networks.build(base_network, num_classes,
+                                                                image_size, width_multiplier)
+        return SSD(model=model, anchors=anchors, feature_names=names, feature_map_sizes=sizes,
+                   base_network=base_network, num_classes=num_classes, image_size=image_size,
+                   width_multiplier=width_multiplier)
     images = keras.Input((image_size, image_size, 3), name="images")
     x = CaffePreprocessing(name="preprocess")(images)
     if base_network == "vgg-16":

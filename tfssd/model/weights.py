@@ -152,6 +152,11 @@ def load_imagenet_weights(model: keras.Model, base_network: str,
       PretrainedWeightsError: missing file, or a layer whose shapes do not match (as with a
         width_multiplier other than 1).
     """
+    if base_network not in IMAGENET_WEIGHTS:
+        raise PretrainedWeightsError(
+            f"base_network={base_network}: tfssd has no ImageNet weights for SageMaker's MXNet "
+            "backbones; train from scratch (use_pretrained_model=0) or start from a model "
+            "(--init_from, such as one tfssd-import-sagemaker made)")
     path = locate_weights(base_network, path)
     arrays = read_keras_h5(path)
     names = vgg16.KERAS_LAYER_NAMES if base_network == "vgg-16" else {n: n for n in arrays}

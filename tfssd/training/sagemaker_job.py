@@ -70,7 +70,8 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
         options[name] = list(_records(name, data, channels[name], records_dir, names, values))
     if "init_from" not in given:
         options["init_from"] = model_channel(
-            environ.get("SM_CHANNEL_MODEL") or paths.channel_dir(MODEL_CHANNEL), paths.work_dir)
+            environ.get("SM_CHANNEL_MODEL") or paths.channel_dir(MODEL_CHANNEL), paths.work_dir,
+            values["base_network"])
     errors = check_options(values, options)
     if errors:
         raise HyperparameterError(errors)
@@ -79,6 +80,10 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
     result = launch.run(values, options)
     if result is not None and result.export_path:
         keep_weights_with_model(options["model_dir"], options["export_dir"])
+        report = os.path.join(options["model_dir"], "report")
+        if os.path.isdir(report):  # output/data is packed as the job's output.tar.gz
+            shutil.copytree(report, os.path.join(paths.root, "output", "data", "report"),
+                            dirs_exist_ok=True)
     return result
 
 
@@ -123,11 +128,12 @@ def _class_names(read: Mapping[str, sagemaker_channels.ChannelData],
     return [names.get(i, str(i)) for i in range(num_classes)]
 
 
-def model_channel(folder: str, work_dir: str) -> str | None:
+def model_channel(folder: str, work_dir: str, base_network: str) -> str | None:
     """The tfssd model directory the ``model`` channel's ``folder`` holds, None without one.
 
     A model.tar.gz there (as SageMaker passes an earlier job's artifact) is extracted into
-    ``work_dir`` first.
+    ``work_dir`` first; a model of SageMaker's MXNet algorithm is imported
+    (deploy/sagemaker_import.py) and trains on as ``sagemaker-<its network>``.
     """
     if not os.path.isdir(folder):
         return None
@@ -147,11 +153,32 @@ def model_channel(folder: str, work_dir: str) -> str | None:
     if found:
         logging.info("Channel model: incremental training from %s.", found[0])
         return found[0]
-    if any(SAGEMAKER_SYMBOL in names for _, _, names in os.walk(root)):
-        raise ChannelError(f"channel 'model' holds a model of SageMaker's MXNet algorithm "
-                           f"({SAGEMAKER_SYMBOL}); tfssd cannot start from it yet")
+    sagemaker = sorted(d for d, _, names in os.walk(root) if SAGEMAKER_SYMBOL in names)
+    if sagemaker:
+        return _import_sagemaker_model(sagemaker[0], work_dir, base_network)
     raise ChannelError(f"channel 'model': no tfssd model in {folder} (no {RUN_FILE} in it, in "
                        "its folders or in a model.tar.gz there)")
+
+
+def _import_sagemaker_model(source: str, work_dir: str, base_network: str) -> str:
+    """A model of SageMaker's MXNet algorithm as a tfssd model directory (its network checked)."""
+    from tfssd.deploy import sagemaker_import
+
+    output = os.path.join(work_dir, "imported_model")
+    shutil.rmtree(output, ignore_errors=True)
+    try:
+        imported = sagemaker_import.import_sagemaker_model(source, output)
+    except sagemaker_import.SageMakerImportError as e:
+        raise ChannelError(f"channel 'model': {e}") from None
+    if imported.base_network != base_network:
+        raise ChannelError(
+            f"channel 'model' holds a model of SageMaker's algorithm, network "
+            f"{imported.base_network} (SageMaker's MXNet network, layer for layer); set the "
+            f"hyperparameter base_network={imported.base_network} to train it on (now "
+            f"{base_network})")
+    logging.info("Channel model: SageMaker's %s model imported into %s; incremental training "
+                 "from it.", imported.base_network, output)
+    return output
 
 
 def keep_weights_with_model(model_dir: str, export_dir: str) -> None:

@@ -1,0 +1,146 @@
+"""SageMaker's networks and MXNet's file formats, against what MXNet itself wrote and computed.
+
+The fixtures (tests/fixtures/sagemaker/, see its README) were made by MXNet 1.9.1 with
+tools/make_sagemaker_fixture.py; MXNet is not needed here.
+"""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfssd.model import multibox, mxnet_params, sagemaker_networks
+from tfssd.model.postprocess import postprocess
+from tfssd.ops import box_coder
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "sagemaker")
+CASES = {"sagemaker-resnet-50": "resnet50_narrow", "sagemaker-vgg-16": "vgg16_narrow"}
+
+
+def fixture(name):
+    base = os.path.join(FIXTURES, name)
+    args, aux = mxnet_params.split_params(
+        mxnet_params.load_params(os.path.join(base, "model_algo_1-0000.params")))
+    graph = mxnet_params.load_symbol(os.path.join(base, "model_algo_1-symbol.json"))
+    return graph, {**args, **aux}, np.load(os.path.join(base, "images.npy")), dict(
+        np.load(os.path.join(base, "outputs.npz")))
+
+
+def test_params_written_by_mxnet_are_read_with_their_names_shapes_and_dtypes():
+    graph, params, _, _ = fixture("resnet50_narrow")
+    variables = {graph["nodes"][i]["name"] for i in graph["arg_nodes"]} - {"data", "label"}
+    assert set(params) == variables  # arguments and auxiliary states (moving mean and var)
+    assert params["conv0_weight"].shape == (8, 3, 7, 7)  # (out, in, h, w): 64 / 16 channels
+    assert params["bn_data_moving_var"].shape == (3,)
+    assert all(v.dtype == np.float32 for v in params.values())
+    raw = mxnet_params.load_params(
+        os.path.join(FIXTURES, "resnet50_narrow", "model_algo_1-0000.params"))
+    assert sum(k.startswith("aux:") for k in raw) == 2 * sum(
+        k.endswith("_gamma") for k in params)  # every BatchNorm's moving mean and variance
+
+
+def test_params_round_trip_and_bad_files_are_refused():
+    arrays = {"arg:w": np.arange(6, dtype=np.float32).reshape(2, 3),
+              "aux:m": np.array([1.5], np.float64), "arg:i": np.array([[7]], np.int32)}
+    read = mxnet_params.parse_params(mxnet_params.dump_params(arrays))
+    assert list(read) == list(arrays)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(read[name], value)
+        assert read[name].dtype == value.dtype
+    data = mxnet_params.dump_params(arrays)
+    with pytest.raises(mxnet_params.MXNetFormatError, match="truncated"):
+        mxnet_params.parse_params(data[:60])
+    with pytest.raises(mxnet_params.MXNetFormatError, match="not an MXNet .params"):
+        mxnet_params.parse_params(struct.pack("<QQQ", 0x113, 0, 0))
+    with pytest.raises(mxnet_params.MXNetFormatError, match="not an MXNet symbol"):
+        mxnet_params.parse_symbol("{}")
+    assert mxnet_params.parse_tuple("(1,2,0.5,3,0.333333333333)")[-1] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("base_network", sorted(CASES))
+def test_network_matches_mxnet_outputs(base_network):
+    """Anchors, class probabilities and box deltas of tfssd's build of SageMaker's network,
+    with the MXNet weights, against MXNet's forward pass on the same images."""
+    _, params, images, mx = fixture(CASES[base_network])
+    model, anchors, _, _ = sagemaker_networks.build(base_network, 3, images.shape[1], 1 / 16)
+    shapes = sagemaker_networks.mxnet_parameter_shapes(model)
+    assert shapes == {k: v.shape for k, v in params.items()}
+    sagemaker_networks.load_mxnet_weights(model, params)
+    outputs = model(images.astype(np.float32), training=False)
+    # MXNet's MultiBoxPrior, (xmin, ymin, xmax, ymax) -> tfssd's yxyx.
+    np.testing.assert_allclose(anchors, multibox.xyxy_to_yxyx(mx["anchors"][0]), atol=1e-6)
+    probabilities = tf.nn.softmax(outputs["cls_logits"]).numpy()
+    np.testing.assert_allclose(probabilities, mx["cls_prob"].transpose(0, 2, 1), atol=2e-5)
+    # MXNet's (dx, dy, dw, dh) per anchor -> tfssd's (dy, dx, dh, dw).
+    deltas = mx["loc_pred"].reshape(len(images), -1, 4)[..., list(multibox.LOC_TO_TFSSD)]
+    np.testing.assert_allclose(outputs["box_deltas"], deltas, atol=2e-5)
+    # MXNet's MultiBoxDetection, on tfssd's outputs decoded by tfssd's box coder: the same
+    # detections (class, score, box) as MXNet's.
+    boxes = box_coder.decode(outputs["box_deltas"], tf.constant(anchors)).numpy()
+    for i in range(len(images)):
+        ours = mxnet_detection(probabilities[i], boxes[i])
+        theirs = mx["detections"][i]
+        theirs = theirs[theirs[:, 0] >= 0]
+        assert len(ours) == len(theirs) > 100
+        for detection in theirs:  # tied scores may come in either order
+            assert np.abs(ours - detection).max(axis=1).min() < 2e-5, detection
+    # tfssd's own post-processing (per-class candidates, NMS on unclipped boxes, at most 200)
+    # keeps almost all of MXNet's 100 best detections: the differences are near the border.
+    found = postprocess(outputs["cls_logits"], outputs["box_deltas"], tf.constant(anchors))
+    for i in range(len(images)):
+        ours = np.concatenate([found["detection_classes"][i, :, None],
+                               found["detection_scores"][i, :, None],
+                               multibox.xyxy_to_yxyx(found["detection_boxes"][i].numpy())], 1)
+        theirs = mx["detections"][i]
+        theirs = theirs[theirs[:, 0] >= 0][:100]
+        matched = [np.abs(ours - d).max(axis=1).min() < 2e-5 for d in theirs]
+        assert np.mean(matched) >= 0.9
+
+
+def mxnet_detection(probabilities, boxes, threshold=0.01, nms_threshold=0.45, top_k=400):
+    """MXNet's MultiBoxDetection (src/operator/contrib/multibox_detection.cc) in NumPy.
+
+    Args: probabilities [A, C + 1] (class 0 background), boxes [A, 4] yxyx.
+    Returns: [N, 6] (class from 0, score, xmin, ymin, xmax, ymax), by descending score.
+    """
+    classes = probabilities[:, 1:].argmax(axis=1)  # one class per anchor
+    scores = probabilities[:, 1:].max(axis=1)
+    keep = np.flatnonzero(scores >= threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:top_k]
+    xyxy = np.clip(multibox.xyxy_to_yxyx(boxes[keep]), 0.0, 1.0)
+    alive = np.ones(len(keep), bool)
+    for a in range(len(keep)):
+        if not alive[a]:
+            continue
+        for b in range(a + 1, len(keep)):
+            if alive[b] and classes[keep[a]] == classes[keep[b]] and iou(xyxy[a], xyxy[b]) >= (
+                    nms_threshold):
+                alive[b] = False
+    return np.concatenate([classes[keep][:, None], scores[keep][:, None], xyxy], 1)[alive]
+
+
+def iou(a, b):
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_multibox_prior_order_and_steps():
+    """Per location: each size at the first ratio, then each further ratio at the first size."""
+    boxes = multibox.multibox_prior(2, 2, (0.2, 0.4), (1.0, 4.0), steps=(0.3, 0.3))
+    assert boxes.shape == (2 * 2 * 3, 4)
+    np.testing.assert_allclose(boxes[:3], [[0.05, 0.05, 0.25, 0.25], [-0.05, -0.05, 0.35, 0.35],
+                                           [-0.05, 0.1, 0.35, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(boxes[3, :2], [0.35, 0.05], atol=1e-6)  # next column: x + step
+    assert list(multibox.loc_channels_to_tfssd(2)) == [1, 0, 3, 2, 5, 4, 7, 6]
+
+
+def test_sizes_too_small_are_refused():
+    with pytest.raises(ValueError, match="too small"):
+        sagemaker_networks.build("sagemaker-vgg-16", 3, 160, 1 / 16)
+    with pytest.raises(ValueError, match="base_network"):
+        sagemaker_networks.build("resnet-50", 3, 128)
