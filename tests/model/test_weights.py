@@ -131,3 +131,31 @@ def test_file_written_by_keras_loads_into_every_layer(tmp_path, base, absl_lines
         for got, want in zip(model.get_layer(ours).get_weights(),
                              reference.get_layer(keras_name).get_weights()):
             np.testing.assert_array_equal(got, want)
+
+
+def test_sagemakers_networks_start_from_mxnet_imagenet_files_by_layer_name(tmp_path):
+    """An MXNet ImageNet file (a backbone's parameters, MXNet's names and NCHW shapes) sets the
+    backbone of SageMaker's VGG-16 and leaves the rest; without a file the message says which."""
+    from tfssd.model import mxnet_params, sagemaker_networks
+    from tfssd.model.ssd import ssd_network
+
+    ssd = ssd_network("sagemaker-vgg-16", 3, 300, width_multiplier=0.0625)
+    shapes = sagemaker_networks.mxnet_parameter_shapes(ssd.model)
+    rng = np.random.default_rng(0)
+    backbone = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()
+                if n.startswith(("conv", "fc"))}  # vgg16_reduced's own layers, no heads
+    path = tmp_path / "vgg16_reduced-0000.params"
+    path.write_bytes(mxnet_params.dump_params(
+        {**{f"arg:{n}": v for n, v in backbone.items()}, "arg:fc8_weight": np.zeros((2, 2))}))
+    before = ssd.model.get_layer("multi_feat_2_conv_3x3_conv").get_weights()
+
+    loaded = weights.load_imagenet_weights(ssd.model, "sagemaker-vgg-16", str(path))
+    assert "conv1_1" in loaded and "fc7" in loaded and len(loaded) == 15  # 13 conv + fc6, fc7
+    kernel = ssd.model.get_layer("conv5_3").get_weights()[0]
+    np.testing.assert_array_equal(kernel, backbone["conv5_3_weight"].transpose(2, 3, 1, 0))
+    after = ssd.model.get_layer("multi_feat_2_conv_3x3_conv").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # not in the file: kept
+
+    with pytest.raises(weights.PretrainedWeightsError, match="vgg16_reduced-0000.params as "
+                                                             "--pretrained_weights=FILE"):
+        weights.load_imagenet_weights(ssd.model, "sagemaker-vgg-16", None)

@@ -83,7 +83,9 @@ OPTIONS: tuple[Option, ...] = (
            "Where the SavedModel goes (as numbered versions for TF Serving); default: "
            "MODEL_DIR/export."),
     Option("pretrained_weights", "string", None,
-           "Local keras.applications 'notop' .h5 ImageNet weights for the backbone."),
+           "Local ImageNet weights for the backbone: keras.applications' 'notop' .h5 "
+           "(vgg-16, resnet-50), or MXNet's .params (sagemaker-vgg-16, sagemaker-resnet-50: "
+           "needed, tfssd does not download those)."),
     Option("width_multiplier", "float", 1.0,
            "Scales every backbone and extra-layer width (0, 1]; below 1 for quick CPU trials "
            "only: ImageNet weights need 1."),

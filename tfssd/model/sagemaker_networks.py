@@ -219,26 +219,50 @@ def mxnet_parameter_shapes(model: keras.Model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_mxnet_weights(model: keras.Model, params: dict[str, np.ndarray]) -> None:
+def load_mxnet_weights(model: keras.Model, params: dict[str, np.ndarray],
+                       skip_missing: bool = False) -> list[str]:
     """Sets ``model``'s weights from MXNet's (unprefixed names, arguments and auxiliary states
     together). Kernels go from (out, in, h, w) to (h, w, in, out); box heads' channels go to
     tfssd's (dy, dx, dh, dw) order; a fixed-gamma BatchNorm's gamma (unused by MXNet) is skipped.
+
+    Args:
+      skip_missing: leave layers whose parameters ``params`` lacks as they are (an ImageNet
+        backbone file has no heads); else a missing parameter raises KeyError.
+
+    Returns:
+      The names of the layers set.
 
     Raises:
       KeyError, ValueError: a parameter is missing or has another shape (check the shapes with
         ``mxnet_parameter_shapes`` first for a readable refusal).
     """
+    loaded = []
     for layer in model.layers:
-        name = mxnet_name(layer.name)
-        if isinstance(layer, layers.Conv2D):
-            kernel = np.transpose(params[f"{name}_weight"], (2, 3, 1, 0))
-            values = [kernel] + ([params[f"{name}_bias"]] if layer.use_bias else [])
-            if name.endswith("_loc_pred_conv"):
-                order = multibox.loc_channels_to_tfssd(kernel.shape[-1] // 4)
-                values = [v[..., order] for v in values]
-            layer.set_weights(values)
-        elif isinstance(layer, layers.BatchNormalization):
-            names = (["gamma"] if layer.scale else []) + ["beta", "moving_mean", "moving_var"]
-            layer.set_weights([params[f"{name}_{n}"] for n in names])
-        elif isinstance(layer, L2Normalization):
-            layer.set_weights([params[f"{name[:-len('_norm')]}_scale"].reshape(-1)])
+        if skip_missing and not layer.weights:
+            continue
+        try:
+            _set_layer(layer, params)
+        except KeyError:
+            if not skip_missing:
+                raise
+            continue
+        if layer.weights:
+            loaded.append(layer.name)
+    return loaded
+
+
+def _set_layer(layer, params: dict[str, np.ndarray]) -> None:
+    """One layer's weights from MXNet's parameters (KeyError: one is missing)."""
+    name = mxnet_name(layer.name)
+    if isinstance(layer, layers.Conv2D):
+        kernel = np.transpose(params[f"{name}_weight"], (2, 3, 1, 0))
+        values = [kernel] + ([params[f"{name}_bias"]] if layer.use_bias else [])
+        if name.endswith("_loc_pred_conv"):
+            order = multibox.loc_channels_to_tfssd(kernel.shape[-1] // 4)
+            values = [v[..., order] for v in values]
+        layer.set_weights(values)
+    elif isinstance(layer, layers.BatchNormalization):
+        names = (["gamma"] if layer.scale else []) + ["beta", "moving_mean", "moving_var"]
+        layer.set_weights([params[f"{name}_{n}"] for n in names])
+    elif isinstance(layer, L2Normalization):
+        layer.set_weights([params[f"{name[:-len('_norm')]}_scale"].reshape(-1)])

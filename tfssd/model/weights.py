@@ -39,6 +39,11 @@ class WeightsFile:
 
 
 _KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications"
+# SageMaker's MXNet networks start from MXNet's ImageNet files, which the user supplies.
+MXNET_IMAGENET_WEIGHTS = {
+    "sagemaker-resnet-50": "the MXNet model zoo's ResNet-50 v2 (resnet-50-0000.params)",
+    "sagemaker-vgg-16": "the MXNet SSD example's vgg16_reduced-0000.params",
+}
 IMAGENET_WEIGHTS = {
     "vgg-16": WeightsFile("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
                           f"{_KERAS_APPLICATIONS}/vgg16/"
@@ -127,6 +132,44 @@ def _attribute_list(group, name: str) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+def load_mxnet_imagenet_weights(model: keras.Model, base_network: str,
+                                path: str | None) -> list[str]:
+    """Sets the backbone of SageMaker's MXNet network ``model`` from MXNet's ImageNet file at
+    ``path`` (MXNET_IMAGENET_WEIGHTS), matched by MXNet's layer names; returns the layers set.
+
+    Raises:
+      PretrainedWeightsError: no file given (tfssd does not fetch these), not a .params file, no
+        layer of the network in it, or a parameter of another shape.
+    """
+    from tfssd.model import mxnet_params, sagemaker_networks
+
+    wanted = MXNET_IMAGENET_WEIGHTS[base_network]
+    if not path:
+        raise PretrainedWeightsError(
+            f"base_network={base_network} with use_pretrained_model=1 needs {wanted} as "
+            "--pretrained_weights=FILE (tfssd does not download MXNet's files); or train from "
+            "scratch (use_pretrained_model=0), or start from a model with --init_from")
+    try:
+        args, aux = mxnet_params.split_params(mxnet_params.load_params(path))
+    except (OSError, ValueError) as e:
+        raise PretrainedWeightsError(f"{path}: not an MXNet .params file ({e})") from None
+    params = {**args, **aux}
+    shapes = sagemaker_networks.mxnet_parameter_shapes(model)
+    different = [f"{n}: {tuple(params[n].shape)} there, {shape} here"
+                 for n, shape in shapes.items() if n in params and tuple(params[n].shape) != shape]
+    if different:
+        raise PretrainedWeightsError(
+            f"{path}: parameters of other shapes ({'; '.join(different[:5])}); ImageNet weights "
+            "need width_multiplier=1")
+    loaded = sagemaker_networks.load_mxnet_weights(model, params, skip_missing=True)
+    if not loaded:
+        raise PretrainedWeightsError(f"{path} holds no parameter of {model.name} (expected "
+                                     f"{wanted})")
+    logging.info("Backbone initialised from MXNet's ImageNet weights %s: %d layers.", path,
+                 len(loaded))
+    return loaded
+
+
 def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
     """Layer name -> weight arrays (in the layer's order) of a Keras (legacy h5) weights file."""
     try:
@@ -152,11 +195,8 @@ def load_imagenet_weights(model: keras.Model, base_network: str,
       PretrainedWeightsError: missing file, or a layer whose shapes do not match (as with a
         width_multiplier other than 1).
     """
-    if base_network not in IMAGENET_WEIGHTS:
-        raise PretrainedWeightsError(
-            f"base_network={base_network}: tfssd has no ImageNet weights for SageMaker's MXNet "
-            "backbones; train from scratch (use_pretrained_model=0) or start from a model "
-            "(--init_from, such as one tfssd-import-sagemaker made)")
+    if base_network in MXNET_IMAGENET_WEIGHTS:
+        return load_mxnet_imagenet_weights(model, base_network, path)
     path = locate_weights(base_network, path)
     arrays = read_keras_h5(path)
     names = vgg16.KERAS_LAYER_NAMES if base_network == "vgg-16" else {n: n for n in arrays}
