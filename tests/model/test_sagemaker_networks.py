@@ -144,3 +144,18 @@ def test_sizes_too_small_are_refused():
         sagemaker_networks.build("sagemaker-vgg-16", 3, 160, 1 / 16)
     with pytest.raises(ValueError, match="base_network"):
         sagemaker_networks.build("resnet-50", 3, 128)
+
+
+def test_batch_norm_trains_from_scratch_and_stays_frozen_on_given_weights():
+    """As for tfssd's ResNet-50: MXNet's statistics are kept when starting from weights (an
+    import, ImageNet), and BatchNorm learns its own when the network trains from scratch."""
+    import keras
+
+    from tfssd.model.ssd import ssd_network
+
+    for train_batch_norm in (False, True):
+        ssd = ssd_network("sagemaker-resnet-50", 3, 128, width_multiplier=0.0625,
+                          train_batch_norm=train_batch_norm)
+        norms = [layer for layer in ssd.model.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        assert norms and all(layer.trainable == train_batch_norm for layer in norms)

@@ -114,11 +114,15 @@ def ssd_network(base_network: str, num_classes: int, image_size: int = 300,
       num_classes: object classes, background not counted.
       image_size: side of the square input (>= 300 for SageMaker; smaller works for tests).
       width_multiplier: scales the channels of the backbone and extra layers.
-      train_batch_norm: ResNet-50 only: train BatchNorm (from scratch) instead of freezing it.
+      train_batch_norm: ResNet-50 (tfssd's or SageMaker's) only: train BatchNorm (from scratch)
+        instead of freezing it.
     """
     if base_network in sagemaker_networks.NETWORKS:  # SageMaker's own (MXNet) networks
         model, anchors, names, sizes = sagemaker_networks.build(base_network, num_classes,
                                                                 image_size, width_multiplier)
+        for layer in model.layers:  # frozen as built (MXNet's statistics), trained from scratch
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = train_batch_norm
         return SSD(model=model, anchors=anchors, feature_names=names, feature_map_sizes=sizes,
                    base_network=base_network, num_classes=num_classes, image_size=image_size,
                    width_multiplier=width_multiplier)
