@@ -165,36 +165,43 @@ def test_sigterm_saves_the_step_reached_and_the_next_job_resumes_from_it(first_j
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hyperparameters, channels, expected", [
-    ({**HYPERPARAMETERS, "mini_batch_size": "many"}, {"train": RECORDIO},
-     "mini_batch_size='many'"),
-    (HYPERPARAMETERS, {"train": {"ContentType": "text/csv"}},
-     "channel 'train' (inputdataconfig.json): ContentType 'text/csv'"),
-    (HYPERPARAMETERS, {"train": IMAGES},
-     "ContentType image/jpeg needs the channel 'train_annotation'"),
-])
-def test_a_failed_job_leaves_its_reason_for_sagemaker(hyperparameters, channels, expected,
-                                                      tmp_path):
+def test_a_failed_job_leaves_its_reason_for_sagemaker(tmp_path):
     root = tmp_path / "opt" / "ml"
-    sm.make_job(str(root), hyperparameters, channels)
+    sm.make_job(str(root), {**HYPERPARAMETERS, "mini_batch_size": "many"}, {"train": RECORDIO})
     job = _train(root, timeout=120)
     assert job.returncode != 0
     reason = (root / "output" / "failure").read_text()
-    assert expected in reason and reason.count("\n") == 1, reason
-    assert expected in job.stderr  # what the user sees at a terminal too
+    assert "mini_batch_size='many'" in reason and reason.count("\n") == 1, reason
+    assert "mini_batch_size='many'" in job.stderr  # what the user sees at a terminal too
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("channels, expected", [
+    ({"train": {"ContentType": "text/csv"}},
+     "channel 'train' (inputdataconfig.json): ContentType 'text/csv'"),
+    ({"train": IMAGES}, "ContentType image/jpeg needs the channel 'train_annotation'"),
+    ({"validation": RECORDIO}, "has no 'train' channel"),
+])
+def test_channels_tfssd_cannot_use_are_refused_before_any_work(channels, expected, tmp_path):
+    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.training import sagemaker_job
+
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), HYPERPARAMETERS, channels)
+    with pytest.raises(ChannelError, match=re.escape(expected)):
+        sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
+
+
 def test_recordio_that_is_really_a_manifest_is_named_as_such(pictures, tmp_path):
+    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.training import sagemaker_job
+
     root = tmp_path / "opt" / "ml"
     sm.make_job(str(root), HYPERPARAMETERS, {"train": RECORDIO})
     os.makedirs(root / "input/data/train")
     (root / "input/data/train/part-0.rec").write_bytes(
         sm.manifest_pipe_bytes(pictures["train"][:2]))
-    job = _train(root, timeout=120)
-    assert job.returncode == 1
-    assert "for an augmented manifest set RecordWrapperType to RecordIO" in (
-        root / "output" / "failure").read_text()
+    with pytest.raises(ChannelError, match="for an augmented manifest set RecordWrapperType"):
+        sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
 
 
 def test_the_images_of_a_piped_manifest_decode(pictures):
