@@ -96,8 +96,9 @@ def _conv(x, name, filters, kernel, stride=1, pad=0, bias=True, relu=None, dilat
 
 
 def _bn(x, name, fix_gamma=False):
+    # Frozen as built; ssd.py lets it train from scratch, synchronized over replicas then.
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9, scale=not fix_gamma,
-                                     trainable=False, name=name)(x)
+                                     synchronized=True, trainable=False, name=name)(x)
 
 
 def _resnet50_v2(x, width_multiplier):

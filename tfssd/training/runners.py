@@ -76,6 +76,12 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
         if scaled:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
             skipped = 1.0 - tf.cast(finite, tf.float32)
+            if replicas > 1:
+                # The optimizer judges the step by the first replica's own gradients (before
+                # they are all-reduced): a step any replica overflowed must be non-finite on all.
+                skipped = tf.minimum(context.all_reduce(tf.distribute.ReduceOp.SUM, skipped), 1.0)
+                poison = tf.where(skipped > 0.0, float("nan"), 0.0)
+                grads = [g + tf.cast(poison, g.dtype) for g in grads]
         optimizer.apply_gradients(zip(grads, variables))
         return cls_loss, box_loss, skipped
 
