@@ -7,8 +7,11 @@ Prints a header (CPU model and flags, GPUs, versions, the precision and why), th
 figure: images/s, ms per step and peak memory. --figures: train_step (forward, loss, backward,
 optimizer on one batch held in memory), input (the tf.data pipeline alone: decode, augment,
 match), end_to_end (the two together), inference (the exported SavedModel's serving_images
-signature, uint8 images to detections, at each of --inference_batch_sizes) and tflite (batch-1
-LiteRT latency of the float32, float16 and int8 .tflite beside the SavedModel's).
+signature, uint8 images to detections, at each of --inference_batch_sizes), tflite (batch-1
+LiteRT latency of the float32, float16 and int8 .tflite beside the SavedModel's) and openvino
+(tfssd-export-openvino's .xml under OpenVINO, uint8 images to detections with its NMS, at each
+of --inference_batch_sizes: the float32 model computing in float32 and, where the CPU has
+bfloat16, in bfloat16; the int8 model; beside the SavedModel's).
 --compare=torchvision adds torchvision's ssd300_vgg16 (random weights; the same batch, image
 size and boxes; channels_last; autocast for 16 bits): train step and batch-1 inference, and the
 ratios tfssd / torchvision at the end.
@@ -42,7 +45,7 @@ from tfssd.cli.measurements import MESSAGE
 from tfssd.config.run_config import TFLITE_QUANTIZATIONS
 
 FLAGS = flags.FLAGS
-FIGURES = ("train_step", "input", "end_to_end", "inference", "tflite")
+FIGURES = ("train_step", "input", "end_to_end", "inference", "tflite", "openvino")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # tfssd.config.precision's
 EXPORT_PRECISIONS = ("float32", "bfloat16", "float16")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -50,6 +53,8 @@ AUTOCAST = {"float32": None, "mixed_bfloat16": "bfloat16", "bfloat16": "bfloat16
             "mixed_float16": "float16", "float16": "float16"}  # tfssd precision -> torch's
 BENCH_MISSING = '--compare=torchvision needs torch and torchvision: pip install -e ".[bench]"'
 LITERT_MISSING = "--figures=tflite needs LiteRT: pip install ai-edge-litert (or tfssd[lite])"
+OPENVINO_MISSING = "--figures=openvino needs OpenVINO and NNCF: pip install 'tfssd[openvino]'"
+OPENVINO_RUNS = (("float32", "none"), ("bfloat16", "none"), ("int8", "int8"))  # (compute, file)
 
 
 def define_flags() -> None:
@@ -64,8 +69,10 @@ def define_flags() -> None:
                       "tfssd-train's (auto: from the hardware; the header says what and why).")
     flags.DEFINE_enum("export_precision", "float32", list(EXPORT_PRECISIONS), "Precision of the "
                       "SavedModel measured, and of torchvision's inference.")
-    flags.DEFINE_list("figures", list(FIGURES), f"What to measure: any of {', '.join(FIGURES)}.")
-    flags.DEFINE_list("inference_batch_sizes", ["1", "8"], "SavedModel inference batch sizes.")
+    flags.DEFINE_list("figures", [f for f in FIGURES if f != "openvino"],
+                      f"What to measure: any of {', '.join(FIGURES)}.")
+    flags.DEFINE_list("inference_batch_sizes", ["1", "8"], "SavedModel (and OpenVINO) inference "
+                      "batch sizes.")
     flags.DEFINE_enum("compare", "none", ["none", "torchvision"],
                       "torchvision: measure torchvision's ssd300_vgg16 too (extra [bench]).")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps in each worker before any timing.")
@@ -185,7 +192,8 @@ def _groups(figures, common: dict, prepared: dict) -> list[list[Member]]:
                               steps=10 * FLAGS.steps)])
     if "end_to_end" in figures:
         groups.append([member("end to end", f"tfssd {policy}", "tfssd_end_to_end")])
-    sizes = {int(b) for b in FLAGS.inference_batch_sizes} if "inference" in figures else set()
+    sizes = {int(b) for b in FLAGS.inference_batch_sizes} if {"inference", "openvino"} & set(
+        figures) else set()
     for size in sorted(sizes | ({1} if "tflite" in figures else set())):
         figure = f"inference batch {size}"
         group = [member(figure, f"tfssd SavedModel {export}", "saved_model", size, True,
@@ -195,6 +203,10 @@ def _groups(figures, common: dict, prepared: dict) -> list[list[Member]]:
         if size == 1 and "tflite" in figures:
             group += [member(figure, f"tfssd .tflite {TFLITE_QUANTIZATIONS[q]}", "tflite", 1, True,
                              path=path) for q, path in prepared["tflite"].items()]
+        if "openvino" in figures:
+            group += [member(figure, f"tfssd OpenVINO {compute}", "openvino", size, True,
+                             path=prepared["openvino"][file], compute=compute)
+                      for compute, file in OPENVINO_RUNS]
         groups.append(group)
     return groups
 
@@ -234,6 +246,8 @@ def _check_flags() -> tuple[str, ...]:
         _fail(BENCH_MISSING, 2)
     if "tflite" in figures and not installed("ai_edge_litert"):
         _fail(LITERT_MISSING, 2)
+    if "openvino" in figures and not installed("openvino", "nncf"):
+        _fail(OPENVINO_MISSING, 2)
     return figures
 
 
@@ -269,7 +283,8 @@ def _header(figures, policy: str, why: str, gpus: list[str]) -> list[str]:
     has = [f for f in CPU_FLAGS if f in lscpu.get("Flags", "").split()]
     torch = FLAGS.compare == "torchvision"
     packages = ["tensorflow", "keras"] + (["torch", "torchvision"] if torch else []) + (
-        ["ai-edge-litert"] if "tflite" in figures else [])
+        ["ai-edge-litert"] if "tflite" in figures else []) + (
+        ["openvino", "nncf"] if "openvino" in figures else [])
     lines = [f"CPU: {lscpu.get('Model name', platform.processor())} (lscpu), {os.cpu_count()} "
              f"CPUs; flags: {' '.join(has) or '-'}; lacks: "
              f"{' '.join(f for f in CPU_FLAGS if f not in has) or '-'}",
@@ -308,10 +323,13 @@ def main(argv):
                   inter_op_threads=FLAGS.inter_op_threads, records=max(64, 2 * batch),
                   threads=FLAGS.tflite_threads or os.cpu_count(),
                   batch_file=os.path.join(work, "batch.npz"))
-    sizes = [int(b) for b in FLAGS.inference_batch_sizes] if "inference" in figures else []
+    sizes = [int(b) for b in FLAGS.inference_batch_sizes] if {"inference", "openvino"} & set(
+        figures) else []
     exports = {FLAGS.export_precision} if sizes or "tflite" in figures else set()
+    converted = {"tflite", "openvino"} & set(figures)  # made from the float32 SavedModel
     prepare = Worker(dict(common, kind="prepare", name="prepare", tflite="tflite" in figures,
-                          exports=sorted(exports | ({"float32"} if "tflite" in figures else set())),
+                          openvino="openvino" in figures,
+                          exports=sorted(exports | ({"float32"} if converted else set())),
                           inference_batch=max(sizes + [1])))
     failed = False
     try:

@@ -2,7 +2,8 @@
 
 worker() runs in a process of its own (python -c, its JSON spec the argument). It builds what
 it measures: tfssd's train step (on a batch in memory or on its input pipeline), the input
-pipeline alone, an exported SavedModel, a .tflite under LiteRT (without TensorFlow), or
+pipeline alone, an exported SavedModel, a .tflite under LiteRT or an OpenVINO .xml under
+OpenVINO (both without TensorFlow), or
 torchvision's ssd300_vgg16 (the one place tfssd imports torch, from the [bench] extra). Then it
 runs its warm-up steps, answers "ready", times steps whenever the parent writes "run N" on its
 stdin, and on "stop" answers its peak memory; answers are JSON lines on its stdout.
@@ -34,7 +35,8 @@ def worker() -> None:
             return _send(ready=_prepare(spec))
         build = _torch if spec["kind"].startswith("torch") else {
             "tfssd_train": _train, "tfssd_end_to_end": _train, "tfssd_input": _input,
-            "saved_model": _saved_model, "tflite": _tflite}[spec["kind"]]
+            "saved_model": _saved_model, "tflite": _tflite,
+            "openvino": _openvino}[spec["kind"]]
         step, info, device_peak = build(spec)
         for _ in range(spec["warmup_steps"] if step else 0):
             step()
@@ -120,7 +122,7 @@ def _prepare(spec: dict) -> dict:
     info = dict(model=ssd.model.name, parameters=ssd.model.count_params(),
                 anchors=ssd.num_anchors, anchors_file=os.path.join(work, "anchors.npy"),
                 train_files=sorted(glob.glob(os.path.join(work, "data", "train-*"))),
-                saved_models={}, tflite={})
+                saved_models={}, tflite={}, openvino={})
     np.save(info["anchors_file"], ssd.anchors)
     settings = dict(image_size=size, class_names=[str(c) for c in range(spec["num_classes"])],
                     nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
@@ -131,8 +133,17 @@ def _prepare(spec: dict) -> dict:
             f"mixed_{precision}").model
         info["saved_models"][precision] = export.export_saved_model(
             served, ssd.anchors, os.path.join(work, f"export-{precision}"), **settings)
-    if spec["tflite"]:
+    if spec["tflite"] or spec.get("openvino"):
         trained = trained_ssd.load_trained_ssd(info["saved_models"]["float32"])
+    if spec.get("openvino"):
+        from tfssd.deploy import openvino_export
+
+        models = openvino_export.build_all(trained, calibration_images(
+            info["train_files"], size, CALIBRATION_IMAGES)(), CALIBRATION_IMAGES)
+        for quantize, built in models.items():
+            info["openvino"][quantize] = path = os.path.join(work, f"ssd-{quantize}.xml")
+            openvino_export.save(built, path, settings["class_names"])
+    if spec["tflite"]:
         for quantize in TFLITE_QUANTIZATIONS:
             info["tflite"][quantize] = path = os.path.join(work, f"ssd-{quantize}.tflite")
             tflite_export.export_tflite(trained, path, quantize, calibration_images(
@@ -215,6 +226,27 @@ def _tflite(spec: dict):
     info = {"threads": f"{spec['threads']} threads",
             "size": f"{os.path.getsize(spec['path']) / 2**20:.1f} MiB file"}
     return lambda: run(images=image), info, lambda: None
+
+
+def _openvino(spec: dict):
+    """An .xml under OpenVINO's CPU plugin, at the spec's batch and inference precision, in a
+    process without TensorFlow. The plugin's own default would be bfloat16 on a CPU with it."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    hint = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}[spec["compute"]]
+    if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None, {"na": "this CPU has no bfloat16 instructions"}, None
+    compiled = core.compile_model(spec["path"], "CPU", {
+        "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": spec["threads"]})
+    images = np.load(spec["batch_file"])["inference_images"][:spec["batch"]]
+    request = compiled.create_infer_request()
+    info = {"threads": f"{spec['threads']} threads", "hint": f"{hint}",
+            "size": f"{os.path.getsize(os.path.splitext(spec['path'])[0] + '.bin') / 2**20:.1f}"
+                    " MiB .bin"}
+    return lambda: request.infer({0: images}), info, lambda: None
 
 
 def _torch(spec: dict):

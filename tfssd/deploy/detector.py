@@ -1,14 +1,16 @@
 """One interface to every trained detector: encoded images in, detections out.
 
 ``load_detector(path)`` takes an exported SavedModel (a version or its directory of versions), a
-.tflite file from tfssd-export-tflite, or a tfssd model directory (its best weights, run in
-memory through the same serving graph as the export), and returns a ``Detector``: called with
+.tflite file from tfssd-export-tflite, an OpenVINO .xml from tfssd-export-openvino, or a tfssd
+model directory (its best weights, run in memory through the same serving graph as the export),
+and returns a ``Detector``: called with
 encoded JPEG/PNG images (string [B]), it returns the TF Object Detection API's keys as NumPy arrays:
 detection_boxes float32 [B, N, 4] (normalised [ymin, xmin, ymax, xmax] of each image),
 detection_scores float32 [B, N], detection_classes float32 [B, N] (ids from 0),
 num_detections float32 [B]. A SavedModel decodes and resizes inside its serving graph; for a
-.tflite the host does it (tfssd.ops.image_ops, the same decode and bilinear resize) and runs
-LiteRT once per image, since TFLite models take a fixed batch of 1.
+.tflite or an OpenVINO .xml the host does it (tfssd.ops.image_ops, the same decode and bilinear
+resize); LiteRT runs once per image, since TFLite models take a fixed batch of 1, OpenVINO once
+per batch (uint8 pixels, rounded after the resize).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfssd.deploy import openvino_export
 from tfssd.deploy import saved_model as export
 from tfssd.deploy import tflite as tflite_export
 from tfssd.deploy.trained_ssd import load_trained_ssd
@@ -27,6 +30,11 @@ from tfssd.ops.image_ops import decode_image, resize
 
 LITERT_MISSING = ("running a .tflite model needs LiteRT: pip install ai-edge-litert "
                   "(or tfssd[lite])")
+OPENVINO_MISSING = "running an OpenVINO .xml needs openvino: pip install 'tfssd[openvino]'"
+# OpenVINO's INFERENCE_PRECISION_HINT by tfssd's name. Its CPU plugin picks bfloat16 by itself
+# on CPUs with bfloat16 instructions; tfssd asks for float32 unless told, so that an .xml gives
+# the SavedModel's detections.
+OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +69,8 @@ def _encoded(image) -> bytes:
 class Detector:
     """Encoded images (string [B], or a list of bytes) -> detections as NumPy arrays."""
 
-    path: str  # what was loaded (a SavedModel version, a .tflite file, a checkpoint)
-    kind: str  # "saved_model", "tflite" or "checkpoint"
+    path: str  # what was loaded (a SavedModel version, a .tflite or .xml file, a checkpoint)
+    kind: str  # "saved_model", "tflite", "openvino" or "checkpoint"
     class_names: list[str]  # by class id; empty if the model has none
 
     def __call__(self, images) -> dict[str, np.ndarray]:
@@ -140,6 +148,47 @@ class TFLiteDetector(Detector):
                 for key in tflite_export.OUTPUT_KEYS}
 
 
+class OpenVINODetector(Detector):
+    """An OpenVINO .xml from tfssd-export-openvino, compiled for the CPU; host decodes and resizes.
+
+    Args:
+      path: the .xml (its .bin beside it).
+      num_threads: OpenVINO's inference threads (None: its default, all cores).
+      precision: "float32" (the SavedModel's detections) or "bfloat16" (faster where the CPU
+        has bfloat16 instructions; an int8 model keeps its integer layers either way).
+    """
+
+    kind = "openvino"
+
+    def __init__(self, path: str, num_threads: int | None = None, precision: str = "float32"):
+        try:
+            import openvino
+        except ImportError:
+            raise ImportError(OPENVINO_MISSING) from None
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(OPENVINO_PRECISIONS)}, "
+                             f"got {precision!r}")
+        self.path, self.precision = path, precision
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self._compiled = openvino.Core().compile_model(path, "CPU", config)
+        self._outputs = {output.get_any_name(): output for output in self._compiled.outputs}
+        self.image_size = int(self._compiled.input(0).get_partial_shape()[1].get_length())
+        self.class_names = openvino_export.read_labels(path)
+        self._prepare = tf.function(lambda data: tf.cast(tf.clip_by_value(tf.round(
+            resize(decode_image(data), self.image_size)), 0, 255), tf.uint8))
+
+    def __call__(self, images) -> dict[str, np.ndarray]:
+        images = tf.convert_to_tensor(images, tf.string).numpy().reshape(-1)
+        if not len(images):
+            raise ValueError("no images to detect on")
+        pixels = np.stack([self._prepare(tf.constant(image)).numpy() for image in images])
+        results = self._compiled(pixels)
+        return {key: np.asarray(results[self._outputs[key]], np.float32)
+                for key in openvino_export.OUTPUT_KEYS}
+
+
 class CheckpointDetector(Detector):
     """A tfssd model directory's best weights, through the export's serving graph, in memory."""
 
@@ -159,14 +208,20 @@ class CheckpointDetector(Detector):
         return {key: value.numpy() for key, value in outputs.items()}
 
 
-def load_detector(path: str, num_threads: int | None = None) -> Detector:
-    """A SavedModel (version or directory of versions), a .tflite file or a tfssd model
-    directory, ready to call.
+def load_detector(path: str, num_threads: int | None = None,
+                  precision: str = "float32") -> Detector:
+    """A SavedModel (version or directory of versions), a .tflite file, an OpenVINO .xml or a
+    tfssd model directory, ready to call.
 
     Args:
       path: the model.
-      num_threads: .tflite only: LiteRT's CPU threads (None: its default).
+      num_threads: .tflite and .xml only: LiteRT's or OpenVINO's CPU threads (None: default).
+      precision: .xml only: OpenVINO's inference precision, "float32" or "bfloat16".
     """
+    if path.endswith(".xml"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such OpenVINO .xml file")
+        return OpenVINODetector(path, num_threads, precision)
     if path.endswith(".tflite"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such .tflite file")
@@ -176,6 +231,7 @@ def load_detector(path: str, num_threads: int | None = None) -> Detector:
     except FileNotFoundError:
         if not find_run_dir(path):
             raise FileNotFoundError(f"{path}: not a SavedModel, a directory of its numbered "
-                                    "versions, a .tflite file or a tfssd model directory"
+                                    "versions, a .tflite or OpenVINO .xml file or a tfssd "
+                                    "model directory"
                                     ) from None
     return CheckpointDetector(path)

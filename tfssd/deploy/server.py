@@ -54,6 +54,7 @@ from tfssd.deploy.contracts import (
     parse_predict,
     predict_response,
 )
+from tfssd.deploy.detector import load_detector
 
 RETRY_AFTER_S = 1
 LINGERING_S = 0.5
@@ -92,9 +93,15 @@ class Limits:
 
 
 class Detector:
-    """A SavedModel's ``serving_default``: encoded images -> detections as NumPy arrays."""
+    """A SavedModel's ``serving_default`` (or an OpenVINO .xml or a .tflite, through
+    tfssd.deploy.detector): encoded images -> detections as NumPy arrays."""
 
     def __init__(self, path: str):
+        self._other = None
+        if path.endswith((".xml", ".tflite")):  # decoded and resized on the host
+            self._other = load_detector(path)
+            self.path, self.version, self.labels = path, 1, list(self._other.class_names)
+            return
         self.path = export.latest_version(path)
         name = os.path.basename(os.path.normpath(self.path))
         self.version = int(name) if name.isdigit() else 1
@@ -106,6 +113,8 @@ class Detector:
 
     def __call__(self, images: list[bytes]) -> dict[str, np.ndarray]:
         """images: encoded JPEG/PNG -> {detection_boxes [B, 200, 4] normalised yxyx, ...}."""
+        if self._other is not None:
+            return self._other(images)
         outputs = self._signature(images=tf.constant(images, tf.string))
         return {key: value.numpy() for key, value in outputs.items()}
 

@@ -1,0 +1,194 @@
+"""OpenVINO export: the .xml run by OpenVINO in a process without tfssd or TensorFlow gives the
+SavedModel's detections; the detector, bfloat16 and tfssd-serve's application on it; int8 and
+its mAP gate.
+
+The model is a small SSD with random weights, its class head scaled down so that scores spread
+out (as in test_tflite.py). Skipped when openvino is not installed (pip install
+'tfssd[openvino]').
+"""
+
+import asyncio
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from aiohttp.test_utils import TestClient, TestServer
+
+from tfssd.deploy import detector as detectors
+from tfssd.deploy import openvino_export, trained_ssd
+from tfssd.deploy import saved_model as export
+from tfssd.deploy import server as serving
+from tfssd.model.ssd import ssd_network
+from tfssd.ops.image_ops import decode_image, resize
+
+pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install "
+                    "'tfssd[openvino]'")
+HAS_NNCF = importlib.util.find_spec("nncf") is not None  # int8 only
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = 128
+CLASSES = ["circle", "square", "triangle"]
+SETTINGS = dict(nms_threshold=0.5, score_threshold=0.02, max_detections=50)
+TOP = 10  # detections compared one by one; below them, near-equal scores may swap ranks
+
+# Runs an .xml with OpenVINO alone: python -c OPENVINO_SCRIPT MODEL INPUTS.npz OUTPUTS.npz
+OPENVINO_SCRIPT = """
+import json, sys
+import numpy as np
+import openvino as ov
+compiled = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+images = np.load(sys.argv[2])["images"]
+results = compiled(images)
+np.savez(sys.argv[3], **{o.get_any_name(): results[o] for o in compiled.outputs})
+print(json.dumps({
+    "outputs": [o.get_any_name() for o in compiled.outputs],
+    "input": [compiled.input(0).get_element_type().get_type_name(),
+              str(compiled.input(0).get_partial_shape())],
+    "ops": sorted({op.get_type_name() for op in ov.Core().read_model(sys.argv[1]).get_ops()}),
+    "tfssd_imported": any(m.split(".")[0] == "tfssd" for m in sys.modules),
+    "tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def run_openvino(model: str, images: np.ndarray, tmp_path) -> tuple[dict, dict]:
+    """Detections of ``model`` on uint8 ``images`` [N, S, S, 3] from OpenVINO alone."""
+    np.savez(tmp_path / "inputs.npz", images=images)
+    result = subprocess.run(
+        [sys.executable, "-c", OPENVINO_SCRIPT, model, str(tmp_path / "inputs.npz"),
+         str(tmp_path / "outputs.npz")], capture_output=True, text=True, timeout=120,
+        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(tmp_path / "outputs.npz")), json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shapes_voc, shapes_tfrecords):
+    """A random-weight SSD exported as a SavedModel, the float32 and int8 .xml made from it, and
+    tfssd-export-openvino asked for int8 with a gate it cannot pass (started first, so that it
+    runs beside the other tests)."""
+    keras.utils.set_random_seed(0)
+    ssd = ssd_network("vgg-16", len(CLASSES), SIZE, width_multiplier=0.0625)
+    for layer in ssd.model.layers:
+        if layer.name.startswith("mbox_conf_") and not layer.name.endswith("_flat"):
+            layer.kernel.assign(layer.kernel * 0.05)
+    work = tmp_path_factory.mktemp("openvino")
+    saved_model = export.export_saved_model(ssd.model, ssd.anchors, str(work / "export"),
+                                            image_size=SIZE, class_names=CLASSES, **SETTINGS)
+    os.makedirs(work / "gate")
+    records = shapes_tfrecords["dir"]
+    gate = None if not HAS_NNCF else subprocess.Popen(
+        [sys.executable, "-m", "tfssd.cli.export_openvino", f"--model={work / 'export'}",
+         f"--output={work / 'gate' / 'int8.xml'}", "--quantize=int8",
+         f"--representative={records}/train-*", f"--validation={records}/validation-*",
+         "--calibration_images=8", "--max_map_drop=-1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        trained = trained_ssd.load_trained_ssd(str(work / "export"))
+        models = openvino_export.build_all(
+            trained, shapes_images(shapes_voc, 8)[1] if HAS_NNCF else None, 8)
+        xml, labels = openvino_export.save(models["none"], str(work / "float.xml"), CLASSES)
+        int8 = HAS_NNCF and openvino_export.save(models["int8"], str(work / "int8.xml"),
+                                                 CLASSES)[0]
+        yield {"work": work, "saved_model": saved_model, "xml": xml, "labels": labels,
+               "int8": int8, "trained": trained, "gate": gate}
+    finally:
+        if gate:
+            gate.kill()
+
+
+def shapes_images(shapes_voc, count: int) -> tuple[list[bytes], np.ndarray]:
+    """The first ``count`` JPEGs of the shapes data, and as the network's uint8 input."""
+    paths = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[:count]
+    encoded = [open(path, "rb").read() for path in paths]
+    pixels = np.stack([np.round(resize(decode_image(data), SIZE).numpy()) for data in encoded])
+    return encoded, pixels.astype(np.uint8)
+
+
+def assert_same_detections(expected: dict, actual: dict, box_atol: float, score_atol: float):
+    """The same number of detections; the top ones the same class, box and score; all scores
+    the same in order (ranks below the top may swap between near-equal scores)."""
+    np.testing.assert_array_equal(actual["num_detections"], expected["num_detections"])
+    for b in range(len(expected["num_detections"])):
+        np.testing.assert_array_equal(actual["detection_classes"][b, :TOP],
+                                      expected["detection_classes"][b, :TOP])
+        np.testing.assert_allclose(actual["detection_boxes"][b, :TOP],
+                                   expected["detection_boxes"][b, :TOP], atol=box_atol)
+        np.testing.assert_allclose(actual["detection_scores"][b],
+                                   expected["detection_scores"][b], atol=score_atol)
+
+
+@pytest.mark.slow
+def test_float_xml_matches_the_saved_model_in_openvino_alone(exported, shapes_voc, tmp_path):
+    _, pixels = shapes_images(shapes_voc, 3)
+    serve = tf.saved_model.load(exported["saved_model"]).signatures["serving_images"]
+    expected = {k: v.numpy() for k, v in serve(images=tf.constant(pixels)).items()}
+    actual, info = run_openvino(exported["xml"], pixels, tmp_path)
+    assert not info["tfssd_imported"] and not info["tensorflow_imported"]
+    assert info["outputs"] == list(openvino_export.OUTPUT_KEYS)
+    assert info["input"] == ["u8", "[?,128,128,3]"]  # any batch: all three images at once
+    assert "MulticlassNms" in info["ops"]
+    assert actual["detection_boxes"].shape == (3, 50, 4)  # max_detections of the SavedModel
+    assert (expected["num_detections"] > TOP).all()
+    # float32 against float32: the same numbers to rounding.
+    assert_same_detections(expected, actual, box_atol=1e-5, score_atol=1e-5)
+    assert open(exported["labels"]).read() == "circle\nsquare\ntriangle\n"
+    settings = openvino_export.read_settings(exported["xml"])
+    assert settings["nms_threshold"] == 0.5 and settings["class_names"] == CLASSES
+
+
+async def _invoke(model: serving.Detector, image: bytes) -> list:
+    """POST image/jpeg to /invocations of tfssd-serve's application on 127.0.0.1."""
+    async with TestClient(TestServer(serving.make_app(model), host="127.0.0.1")) as client:
+        assert (await client.get("/ping")).status == 200
+        response = await client.post("/invocations", data=image,
+                                     headers={"Content-Type": "image/jpeg"})
+        assert response.status == 200, await response.text()
+        return (await response.json())["prediction"]
+
+
+@pytest.mark.slow
+def test_detector_bfloat16_and_the_http_server(exported, shapes_voc):
+    encoded, _ = shapes_images(shapes_voc, 2)
+    saved_model = detectors.load_detector(os.path.dirname(exported["saved_model"]))
+    openvino = detectors.load_detector(exported["xml"])
+    assert openvino.kind == "openvino" and openvino.class_names == CLASSES
+    expected, actual = saved_model(encoded), openvino(encoded)
+    # The host rounds the resized pixels to uint8 (the SavedModel resizes in float).
+    assert_same_detections(expected, actual, box_atol=2e-3, score_atol=2e-3)
+    half = detectors.load_detector(exported["xml"], precision="bfloat16")(encoded)
+    np.testing.assert_allclose(half["detection_scores"][:, :TOP],
+                               actual["detection_scores"][:, :TOP], atol=2e-2)
+    served = serving.Detector(exported["xml"])  # what tfssd-serve --model=X.xml loads
+    assert (served.version, served.labels) == (1, CLASSES)
+    rows = asyncio.run(_invoke(served, encoded[0]))
+    assert len(rows) == int(actual["num_detections"][0])
+    assert [row[0] for row in rows[:TOP]] == list(actual["detection_classes"][0, :TOP])
+    np.testing.assert_allclose([row[1] for row in rows],
+                               actual["detection_scores"][0, :len(rows)], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_int8_is_smaller_and_its_gate_refuses(exported):
+    if not HAS_NNCF:
+        pytest.skip("int8 needs NNCF: pip install 'tfssd[openvino]'")
+    ops = {op.get_type_name() for op in openvino_export._openvino().Core().read_model(
+        exported["int8"]).get_ops()}
+    assert "FakeQuantize" in ops and "MulticlassNms" in ops
+    bins = [os.path.getsize(os.path.splitext(path)[0] + ".bin")
+            for path in (exported["int8"], exported["xml"])]
+    assert bins[0] < 0.5 * bins[1], bins  # int8 weights: about a quarter
+    stdout, stderr = exported["gate"].communicate(timeout=240)
+    # A drop of at most -1 VOC mAP cannot be met: the gate reports both mAPs and refuses.
+    assert exported["gate"].returncode == 1, stdout[-2000:] + stderr[-3000:]
+    assert "VOC mAP on --validation: float32" in stdout
+    assert "int8 refused" in stderr and "--max_map_drop=-1" in stderr
+    print(stdout.strip().splitlines()[-1])
+    # Nothing of the refused export is left, staging included.
+    assert os.listdir(exported["work"] / "gate") == []
