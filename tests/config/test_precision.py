@@ -48,8 +48,15 @@ def test_the_reason_names_what_decided():
         choose("float64", Hardware())
 
 
+def _unvalidated_config(shapes_tfrecords, path, **train):
+    """tiny_config without validation: these tests look at steps, checkpoints and exports."""
+    config = tiny_config(shapes_tfrecords, path, **train)
+    return dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                validation_files=()))
+
+
 def _trainer(shapes_tfrecords, path, precision, **train):
-    config = tiny_config(shapes_tfrecords, path, epochs=1, **train)
+    config = _unvalidated_config(shapes_tfrecords, path, epochs=1, **train)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                    precision=precision))
     return training.Trainer(config, tf.distribute.get_strategy(), Cluster())
@@ -97,7 +104,7 @@ def test_loss_scaling_skips_an_overflowing_step_and_counts_it(shapes_tfrecords, 
 
 @pytest.mark.slow
 def test_a_run_resumes_under_another_precision(shapes_tfrecords, tmp_path):
-    first = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    first = _unvalidated_config(shapes_tfrecords, tmp_path / "run", epochs=1)
     training.train(first, tf.distribute.get_strategy(), Cluster())
     for epochs, policy in ((2, "mixed_bfloat16"), (3, "mixed_float16"), (4, "float32")):
         config = dataclasses.replace(first, train=dataclasses.replace(
