@@ -19,6 +19,7 @@ import tempfile
 
 from absl import app, flags, logging
 
+from tfssd.cli import export_tflite
 from tfssd.cli.command_runner import fail, run_command
 
 FLAGS = flags.FLAGS
@@ -45,9 +46,7 @@ def define_flags() -> None:
                        "--validation) the int8 model may lose; past it, the export refuses.")
     flags.DEFINE_boolean("int8_fallback", False, "int8: past --max_map_drop, write the float32 "
                          "model instead of refusing.")
-    flags.DEFINE_float("nms_threshold", None, "Overrides the model's NMS IoU threshold.")
-    flags.DEFINE_float("score_threshold", None, "Overrides the model's score threshold (0.01).")
-    flags.DEFINE_integer("max_detections", None, "Overrides the model's detections per image.")
+    export_tflite.define_postprocess_flags()
     flags.mark_flags_as_required(["model", "output"])
 
 
@@ -62,16 +61,7 @@ def _check_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
         raise app.UsageError("--quantize=int8 needs --representative (images to calibrate on) "
                              "and --validation (records for its mAP gate); both are used only "
                              "by --quantize=int8")
-    if FLAGS.calibration_images < 1:
-        raise app.UsageError(f"--calibration_images={FLAGS.calibration_images}: expected >= 1")
-    if FLAGS.nms_threshold is not None and not 0 < FLAGS.nms_threshold <= 1:
-        raise app.UsageError(f"--nms_threshold={FLAGS.nms_threshold}: expected (0, 1]")
-    if FLAGS.score_threshold is not None and not 0 <= FLAGS.score_threshold < 1:
-        raise app.UsageError(f"--score_threshold={FLAGS.score_threshold}: expected [0, 1)")
-    if FLAGS.max_detections is not None and FLAGS.max_detections < 1:
-        raise app.UsageError(f"--max_detections={FLAGS.max_detections}: expected >= 1")
-    if not os.path.exists(FLAGS.model):
-        raise app.UsageError(f"--model={FLAGS.model}: no such file or directory")
+    export_tflite.check_export_flags()
     found = []
     for name in ("representative", "validation"):
         patterns = getattr(FLAGS, name) or []

@@ -38,10 +38,30 @@ def define_flags() -> None:
                          "TFLite's fast NMS: one class per box, one class-agnostic NMS (the OD "
                          "API's default; faster, differs from the SavedModel). Default: per-class "
                          "NMS, as the SavedModel.")
+    define_postprocess_flags()
+    flags.mark_flags_as_required(["model", "output"])
+
+
+def define_postprocess_flags() -> None:
+    """The post-processing overrides every export command takes."""
     flags.DEFINE_float("nms_threshold", None, "Overrides the model's NMS IoU threshold.")
     flags.DEFINE_float("score_threshold", None, "Overrides the model's score threshold (0.01).")
     flags.DEFINE_integer("max_detections", None, "Overrides the model's detections per image.")
-    flags.mark_flags_as_required(["model", "output"])
+
+
+def check_export_flags() -> None:
+    """Usage errors of the flags every export command shares (calibration, post-processing,
+    --model)."""
+    if FLAGS.calibration_images < 1:
+        raise app.UsageError(f"--calibration_images={FLAGS.calibration_images}: expected >= 1")
+    if FLAGS.nms_threshold is not None and not 0 < FLAGS.nms_threshold <= 1:
+        raise app.UsageError(f"--nms_threshold={FLAGS.nms_threshold}: expected (0, 1]")
+    if FLAGS.score_threshold is not None and not 0 <= FLAGS.score_threshold < 1:
+        raise app.UsageError(f"--score_threshold={FLAGS.score_threshold}: expected [0, 1)")
+    if FLAGS.max_detections is not None and FLAGS.max_detections < 1:
+        raise app.UsageError(f"--max_detections={FLAGS.max_detections}: expected >= 1")
+    if not os.path.exists(FLAGS.model):
+        raise app.UsageError(f"--model={FLAGS.model}: no such file or directory")
 
 
 def calibration_images(files: tuple[str, ...], image_size: int, count: int):
@@ -66,16 +86,7 @@ def main(argv):
     if (FLAGS.quantize == "int8") != bool(FLAGS.representative):
         raise app.UsageError("--quantize=int8 needs --representative (images to calibrate on), "
                              "and --representative is only used by --quantize=int8")
-    if FLAGS.calibration_images < 1:
-        raise app.UsageError(f"--calibration_images={FLAGS.calibration_images}: expected >= 1")
-    if FLAGS.nms_threshold is not None and not 0 < FLAGS.nms_threshold <= 1:
-        raise app.UsageError(f"--nms_threshold={FLAGS.nms_threshold}: expected (0, 1]")
-    if FLAGS.score_threshold is not None and not 0 <= FLAGS.score_threshold < 1:
-        raise app.UsageError(f"--score_threshold={FLAGS.score_threshold}: expected [0, 1)")
-    if FLAGS.max_detections is not None and FLAGS.max_detections < 1:
-        raise app.UsageError(f"--max_detections={FLAGS.max_detections}: expected >= 1")
-    if not os.path.exists(FLAGS.model):
-        raise app.UsageError(f"--model={FLAGS.model}: no such file or directory")
+    check_export_flags()
     files = ()
     if FLAGS.representative:
         from tfssd.config.input_files import expand_files
