@@ -56,16 +56,20 @@ def train(**values: Any):
     return launch.run(hyperparameters, options)
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None):
+def load(path: str | os.PathLike, num_threads: int | None = None,
+         openvino_precision: str = "float32"):
     """A trained detector: an exported SavedModel (or its directory of versions), a ``.tflite``
-    file, or a tfssd model directory (its best weights).
+    file, an OpenVINO ``.xml``, or a tfssd model directory (its best weights).
+
+    ``num_threads``: LiteRT's or OpenVINO's CPU threads; ``openvino_precision``: an ``.xml``'s
+    inference precision, float32 (the SavedModel's detections) or bfloat16.
 
     Its ``detect(images)`` takes file paths, encoded bytes or uint8 arrays [H, W, 3] and returns
     one ``Detections`` per image (boxes float32 [N, 4] normalised yxyx, scores, classes from 0).
     """
     from tfssd.deploy.detector import load_detector
 
-    return load_detector(os.fspath(path), num_threads)
+    return load_detector(os.fspath(path), num_threads, openvino_precision)
 
 
 def convert(format: str, output: str, *, class_names: Sequence[str] | None = None,
@@ -121,7 +125,8 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
              ap_method: str = "11point", label_width: int = 350, batch_size: int = 16,
              input_format: str = "auto", skip_corrupt_records: bool = False,
              num_threads: int | None = None, report_dir: str | os.PathLike | None = None,
-             image_shape: int | None = None) -> EvaluationReport:
+             image_shape: int | None = None,
+             openvino_precision: str = "float32") -> EvaluationReport:
     """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images.
 
     Args:
@@ -160,7 +165,7 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
     from tfssd.training import errors
 
     resolved_format = schema.resolve_format(files, input_format)  # ValueError names the file
-    detector = load(model, num_threads)
+    detector = load(model, num_threads, openvino_precision)
     class_names = detector.class_names
     dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=label_width,
                                           batch_size=batch_size, input_format=resolved_format,

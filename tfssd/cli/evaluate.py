@@ -1,4 +1,4 @@
-"""Validation metrics of an exported model on TFRecords: a SavedModel or a .tflite file.
+"""Validation metrics of an exported model on TFRecords: a SavedModel, a .tflite or an .xml.
 
   python -m tfssd.cli.evaluate --model=EXPORT_DIR --validation=data/val-* [--metrics=voc,coco]
   python -m tfssd.cli.evaluate --model=model.tflite --validation=data/val-*
@@ -28,8 +28,12 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     flags.DEFINE_string("model", None,
                         "An exported SavedModel (or its directory of versions: the highest is "
-                        "used) or a .tflite file from tfssd-export-tflite.")
+                        "used), a .tflite file from tfssd-export-tflite or an OpenVINO .xml from "
+                        "tfssd-export-openvino.")
     flags.DEFINE_string("saved_model", None, "The same as --model (the older name).")
+    flags.DEFINE_enum("openvino_precision", "float32", ["float32", "bfloat16"],
+                      "An OpenVINO .xml's inference precision on the CPU: float32 gives the "
+                      "SavedModel's detections; bfloat16 is faster on CPUs with AMX.")
     flags.DEFINE_list("validation", None, "TFRecord files, globs or directories.")
     flags.DEFINE_list("metrics", ["voc"], "Any of: voc (mAP at --overlap_threshold), coco "
                       "(AP@[.5:.95], AP50, AP75, AP small/medium/large, by pycocotools).")
@@ -43,7 +47,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("skip_corrupt_records", False,
                       "Skip records whose label does not fit --label_width or is invalid, "
                       "instead of stopping with the record named.")
-    flags.DEFINE_integer("num_threads", None, ".tflite only: LiteRT's CPU threads.")
+    flags.DEFINE_integer("num_threads", None, ".tflite and .xml only: LiteRT's or OpenVINO's "
+                         "CPU threads.")
     flags.DEFINE_string("report", None, "Also write the report (PR and F1 curves, confusion "
                         "matrix, AP by object size, worst images: PNG, CSV, JSON) into this "
                         "directory.")
@@ -71,7 +76,7 @@ def main(argv):
             label_width=FLAGS.label_width, batch_size=FLAGS.batch_size,
             input_format=FLAGS.input_format, skip_corrupt_records=FLAGS.skip_corrupt_records,
             num_threads=FLAGS.num_threads, report_dir=FLAGS.report,
-            image_shape=FLAGS.image_shape)
+            image_shape=FLAGS.image_shape, openvino_precision=FLAGS.openvino_precision)
     except api.EvaluationDataError as e:
         print(f"tfssd-evaluate: {e}", file=sys.stderr)
         sys.exit(1)

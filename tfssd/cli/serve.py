@@ -27,7 +27,12 @@ DEFAULT_PORT = 8080
 def define_flags() -> None:
     flags.DEFINE_string("model", None,
                         "An exported SavedModel, or a directory of numbered versions (the highest "
-                        f"is served). Default: {SAGEMAKER_MODEL_DIR} if it exists (SageMaker).")
+                        "is served), a .tflite (tfssd-export-tflite) or an OpenVINO .xml "
+                        f"(tfssd-export-openvino). Default: {SAGEMAKER_MODEL_DIR} if it exists "
+                        "(SageMaker).")
+    flags.DEFINE_enum("openvino_precision", "float32", ["float32", "bfloat16"],
+                      "An OpenVINO .xml's inference precision on the CPU: float32 gives the "
+                      "SavedModel's detections; bfloat16 is faster on CPUs with AMX.")
     flags.DEFINE_string("host", "127.0.0.1",
                         "Interface to listen on. 0.0.0.0 exposes the endpoint, which has no "
                         "authentication and no TLS, to every network this machine is on.")
@@ -90,8 +95,8 @@ def main(argv):
     from tfssd.deploy import server as serving  # TensorFlow and aiohttp, once flags are good
 
     try:
-        detector = serving.Detector(model_dir)
-    except (FileNotFoundError, ValueError) as e:
+        detector = serving.Detector(model_dir, FLAGS.openvino_precision)
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise app.UsageError(f"--model: {e}") from None
     detector.warm_up()
     limits = serving.Limits(max_batch_size=FLAGS.max_batch_size,

@@ -96,10 +96,10 @@ class Detector:
     """A SavedModel's ``serving_default`` (or an OpenVINO .xml or a .tflite, through
     tfssd.deploy.detector): encoded images -> detections as NumPy arrays."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, openvino_precision: str = "float32"):
         self._other = None
         if path.endswith((".xml", ".tflite")):  # decoded and resized on the host
-            self._other = load_detector(path)
+            self._other = load_detector(path, precision=openvino_precision)
             self.path, self.version, self.labels = path, 1, list(self._other.class_names)
             return
         self.path = export.latest_version(path)
