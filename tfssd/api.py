@@ -84,7 +84,9 @@ def convert(format: str, output: str, *, class_names: Sequence[str] | None = Non
       output: the output prefix; class_map.json goes beside the files.
       **source_options: where the format's files are, named as tfssd-convert's flags
         (``voc_dir``, ``split``, ``coco_json``, ``images_dir``, ...).
-      The rest: as tfssd-convert's flags of the same names; ``progress(done, total, rate)``.
+      progress: ``progress(done, total, rate)`` as images are written, or True for
+        tfssd-convert's progress line on stderr.
+      The rest: as tfssd-convert's flags of the same names.
 
     Returns:
       The ``ConversionSummary``: every image and box accounted for (``.format()`` prints it).
@@ -92,9 +94,15 @@ def convert(format: str, output: str, *, class_names: Sequence[str] | None = Non
     Raises:
       SourceDataError (ReaderOptionError, ConversionError, the formats' errors), OSError.
     """
-    from tfssd.data import conversion, readers
+    from tfssd.data import readers
 
+    # The sources are checked before TensorFlow is imported (by the conversion): a bad option
+    # is named at once.
     source = readers.read_source(format, {**source_options, "class_names": class_names})
+    from tfssd.data import conversion
+
+    if progress is True:
+        progress = conversion.print_progress
     summary = conversion.convert(source.items, output, class_names=class_names,
                                  provided_names=source.class_names, num_shards=num_shards,
                                  label_width=label_width, strict=strict,

@@ -87,7 +87,6 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     # TensorFlow is imported by the conversion, not at start-up: --help answers at once.
     from tfssd import api
-    from tfssd.data import conversion
     from tfssd.data.sources import ReaderOptionError, SourceDataError
 
     try:
@@ -95,7 +94,7 @@ def main(argv):
             FLAGS.format, FLAGS.output, class_names=FLAGS.class_names,
             num_shards=FLAGS.num_shards, label_width=FLAGS.label_width, strict=FLAGS.strict,
             drop_difficult=FLAGS.drop_difficult, drop_empty=FLAGS.drop_empty,
-            max_image_pixels=FLAGS.max_image_pixels, progress=conversion.print_progress,
+            max_image_pixels=FLAGS.max_image_pixels, progress=True,
             **{name: FLAGS[name].value for name in SOURCE_OPTIONS})
     except ReaderOptionError as e:
         raise app.UsageError(str(e)) from None
