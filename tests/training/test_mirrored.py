@@ -1,7 +1,7 @@
 """MirroredStrategy on two logical CPU devices against one device: the same global batch of 4
 (2 per replica), ResNet-50 from scratch (BatchNorm trains, synchronized over replicas), under
 each precision. Each case runs in a process of its own (mirrored_case.py), as logical devices
-must be set up before TensorFlow starts.
+must be set up before TensorFlow starts; the four processes run at once.
 
 Tolerances, measured on an AVX-512 CPU (TensorFlow 2.21, oneDNN on):
 
@@ -30,17 +30,43 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 TOLERANCE = {"float32": 1e-4, "mixed_bfloat16": 0.08, "mixed_float16": 0.01}
 
 
+@pytest.fixture(scope="module")
+def mirrored_cases(shapes_tfrecords, tmp_path_factory):
+    """mirrored_case.py's JSON result by case (a precision, or "overflow"), its processes all
+    started at once: each spends most of its minute tracing ResNet-50's step in one Python
+    thread, so on two cores the three precisions take about two minutes together instead of
+    three one after another."""
+    out = tmp_path_factory.mktemp("mirrored")
+    cases = {}
+    for case in [*TOLERANCE, "overflow"]:
+        arguments = ([] if case == "overflow"
+                     else [str(out / case), *shapes_tfrecords["train"]])
+        # Files, not pipes: a pipe nobody reads yet would stall its process once full.
+        with open(out / f"{case}.out", "w") as stdout, open(out / f"{case}.err", "w") as stderr:
+            cases[case] = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "mirrored_case.py"), case, *arguments],
+                stdout=stdout, stderr=stderr, cwd=ROOT)
+
+    def result(case: str) -> dict:
+        try:
+            cases[case].wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"mirrored_case.py {case} ran past 600 s")
+        stdout, stderr = ((out / f"{case}{suffix}").read_text() for suffix in (".out", ".err"))
+        assert cases[case].returncode == 0, stderr[-3000:]
+        return json.loads(stdout.split("RESULT ", 1)[1])
+
+    yield result
+    for process in cases.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TFSSD_MULTIDEVICE_TESTS"),
-                    reason="about 2 minutes per precision on 2 cores (tracing ResNet-50 for two "
-                           "replicas): set TFSSD_MULTIDEVICE_TESTS=1")
 @pytest.mark.parametrize("precision", list(TOLERANCE))
-def test_mirrored_on_two_cpus_matches_one_device(precision, shapes_tfrecords, tmp_path):
-    done = subprocess.run(
-        [sys.executable, os.path.join(HERE, "mirrored_case.py"), precision, str(tmp_path),
-         *shapes_tfrecords["train"]], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+def test_mirrored_on_two_cpus_matches_one_device(precision, mirrored_cases):
+    result = mirrored_cases(precision)
     mirrored, single = result["mirrored"], result["single"]
 
     # Per-replica batch splitting: one input pipeline makes batches of 2 for each of the 2
@@ -77,13 +103,10 @@ def test_mirrored_on_two_cpus_matches_one_device(precision, shapes_tfrecords, tm
         assert result["update_difference"] < 0.35, result["update_difference"]
 
 
-def test_a_step_one_replica_overflows_is_skipped_on_all():
+@pytest.mark.slow
+def test_a_step_one_replica_overflows_is_skipped_on_all(mirrored_cases):
     """mixed_float16: keras' LossScaleOptimizer judges a step by the first replica's own
     gradients, so without runners.make_train_step's all-reduced verdict a step whose overflow
     is on the second replica alone was applied (NaN weights, the scale kept)."""
-    done = subprocess.run([sys.executable, os.path.join(HERE, "mirrored_case.py"), "overflow"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert result == {"skipped": 1.0, "unchanged": True, "loss_scale": 2.0 ** 14,
-                      "optimizer_steps": 0}
+    assert mirrored_cases("overflow") == {"skipped": 1.0, "unchanged": True,
+                                          "loss_scale": 2.0 ** 14, "optimizer_steps": 0}

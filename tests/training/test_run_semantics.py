@@ -41,12 +41,10 @@ def _losses(text):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_continues_exactly(shapes_tfrecords, tmp_path):
     files = f"{shapes_tfrecords['dir']}/train-*"
-    reference = subprocess.run(_command(files, tmp_path / "reference"), capture_output=True,
-                               text=True, timeout=600, cwd=ROOT)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    expected = _losses(reference.stderr)
-    assert sorted(expected) == list(range(1, 17))
-
+    # The uninterrupted reference runs beside the run that is killed (its log goes to a file).
+    with open(tmp_path / "reference.log", "w") as log:
+        reference = subprocess.Popen(_command(files, tmp_path / "reference"),
+                                     stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
     model_dir = tmp_path / "killed"
     process = subprocess.Popen(_command(files, model_dir), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -59,6 +57,9 @@ def test_sigkill_mid_epoch_then_the_same_command_continues_exactly(shapes_tfreco
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, seen[-2000:]
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
+    expected = _losses((tmp_path / "reference.log").read_text())
+    assert sorted(expected) == list(range(1, 17))
 
     resumed = subprocess.run(_command(files, model_dir), capture_output=True, text=True,
                              timeout=600, cwd=ROOT)
