@@ -21,6 +21,7 @@ import functools
 import numpy as np
 
 from tfssd.evaluation.report import SIZES, size_category
+from tfssd.evaluation.voc_ap import pairwise_iou
 from tfssd.ops import anchors as anchors_lib
 
 _CHUNK = 256  # ground-truth boxes per IoU block: [256, A] float32 stays under ~60 MB
@@ -55,20 +56,11 @@ def best_iou(gt_boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     (both normalised yxyx)."""
     gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
     anchors = np.asarray(anchors, np.float32).reshape(-1, 4)
-    anchor_area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
     best = np.zeros(len(gt_boxes), np.float32)
-    for start in range(0, len(gt_boxes), _CHUNK):
-        boxes = gt_boxes[start:start + _CHUNK, None, :]  # [g, 1, 4]
-        height = np.clip(np.minimum(boxes[..., 2], anchors[:, 2])
-                         - np.maximum(boxes[..., 0], anchors[:, 0]), 0, None)
-        width = np.clip(np.minimum(boxes[..., 3], anchors[:, 3])
-                        - np.maximum(boxes[..., 1], anchors[:, 1]), 0, None)
-        inter = height * width  # [g, A]
-        area = np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(
-            boxes[..., 3] - boxes[..., 1], 0, None)
-        union = area + anchor_area - inter
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
-        best[start:start + len(boxes)] = iou.max(axis=1) if anchors.size else 0
+    for start in range(0, len(gt_boxes), _CHUNK):  # [chunk, A] at a time
+        boxes = gt_boxes[start:start + _CHUNK]
+        best[start:start + len(boxes)] = (pairwise_iou(boxes, anchors).max(axis=1)
+                                          if anchors.size else 0)
     return best
 
 

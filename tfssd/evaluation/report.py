@@ -29,7 +29,12 @@ import os
 
 import numpy as np
 
-from tfssd.evaluation.voc_ap import ClassMatches, DetectionEvaluator, average_precision
+from tfssd.evaluation.voc_ap import (
+    ClassMatches,
+    DetectionEvaluator,
+    average_precision,
+    pairwise_iou,
+)
 
 SMALL_AREA = 32 ** 2  # pixels² at the network input: below is small (COCO's bound)
 LARGE_AREA = 96 ** 2  # from here on large; in between medium
@@ -121,7 +126,7 @@ def confusion_matrix(images, num_classes: int, iou_threshold: float, score_thres
         boxes, classes = det_boxes[keep][order], det_classes[keep][order]
         difficult = np.asarray(difficult, bool)
         taken = np.zeros(len(gt_classes), bool)
-        overlaps = _pairwise_iou(boxes, gt_boxes)  # [K, M]
+        overlaps = pairwise_iou(boxes, gt_boxes)  # [K, M]
         left = []  # detections not matched to an object of their class
         for k, cls in enumerate(classes):
             same = np.where(gt_classes == cls, overlaps[k], -1.0)
@@ -149,17 +154,6 @@ def confusion_matrix(images, num_classes: int, iou_threshold: float, score_thres
         np.add.at(matrix, (missed, background), 1)
         errors[i, 0] = len(missed)
     return matrix, errors
-
-
-def _pairwise_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """IoU of ``boxes1 [K, 4]`` with ``boxes2 [M, 4]`` (yxyx) -> [K, M], as voc_ap.box_iou."""
-    a, b = boxes1[:, None, :], boxes2[None, :, :]
-    height = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    width = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = height * width
-    union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-             + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def size_category(boxes: np.ndarray, image_shape: int) -> np.ndarray:
