@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.processes import run_python_concurrently
 from tests.training.test_training import tiny_config
 from tfssd import training
 from tfssd.data import conversion, schema
@@ -297,12 +298,13 @@ def test_flags_and_class_map_errors_are_one_line(tmp_path, shapes_tfrecords):
     common = ["-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=8",
               "--use_pretrained_model=0", "--width_multiplier=0.0625", f"--train={train}",
               f"--model_dir={tmp_path}/run"]
-    result = _run(*common, "--freeze_layer_pattern=^nothing_like_this")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "--freeze_layer_pattern '^nothing_like_this' matches no layer" in result.stderr
     bad_map = tmp_path / "class_map.json"
     bad_map.write_text("{'0': 'cat'")
-    result = _run(*common, f"--class_map={bad_map}")
+    pattern, result = run_python_concurrently(
+        [*common, "--freeze_layer_pattern=^nothing_like_this"],
+        [*common[:-1], f"--model_dir={tmp_path}/run2", f"--class_map={bad_map}"], cwd=ROOT)
+    assert pattern.returncode == 1 and "Traceback" not in pattern.stderr
+    assert "--freeze_layer_pattern '^nothing_like_this' matches no layer" in pattern.stderr
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"--class_map: {bad_map}: not valid JSON" in result.stderr
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.data import format_writers as fw
+from tests.processes import run_python_concurrently
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,12 +58,12 @@ def test_convert_each_format(sources, tmp_path, name, arguments):
 @pytest.mark.slow
 def test_convert_reports_usage_errors(sources, tmp_path):
     tmp, _ = sources
-    result = run("-m", "tfssd.cli.convert", "--format=coco", f"--output={tmp_path}/x", check=False)
-    assert result.returncode != 0 and "--format=coco needs --coco_json and --images_dir" in (
-        result.stdout + result.stderr)
-    result = run("-m", "tfssd.cli.convert", "--format=voc",
-                 f"--annotations_dir={tmp}/voc/Annotations",
-                 f"--images_dir={tmp}/nowhere", f"--output={tmp_path}/x", check=False)
+    no_json, result = run_python_concurrently(
+        ["-m", "tfssd.cli.convert", "--format=coco", f"--output={tmp_path}/x"],
+        ["-m", "tfssd.cli.convert", "--format=voc", f"--annotations_dir={tmp}/voc/Annotations",
+         f"--images_dir={tmp}/nowhere", f"--output={tmp_path}/x"], cwd=ROOT)
+    assert no_json.returncode != 0 and "--format=coco needs --coco_json and --images_dir" in (
+        no_json.stdout + no_json.stderr)
     assert "--images_dir=" in result.stderr and "no such file or directory" in result.stderr
 
 

@@ -104,9 +104,13 @@ def test_loss_scaling_skips_an_overflowing_step_and_counts_it(shapes_tfrecords, 
 
 @pytest.mark.slow
 def test_a_run_resumes_under_another_precision(shapes_tfrecords, tmp_path):
+    """bfloat16 -> float16 adds the loss scale's state to the checkpoint, float16 -> float32
+    leaves it behind."""
     first = _unvalidated_config(shapes_tfrecords, tmp_path / "run", epochs=1)
+    first = dataclasses.replace(first, train=dataclasses.replace(first.train,
+                                                                 precision="mixed_bfloat16"))
     training.train(first, tf.distribute.get_strategy(), Cluster())
-    for epochs, policy in ((2, "mixed_bfloat16"), (3, "mixed_float16"), (4, "float32")):
+    for epochs, policy in ((2, "mixed_float16"), (3, "float32")):
         config = dataclasses.replace(first, train=dataclasses.replace(
             first.train, epochs=epochs, precision=policy))
         trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())

@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.data import format_writers as fw
 from tests.data.test_formats import _records
+from tests.processes import run_python_concurrently
 from tfssd.data import conversion, schema, voc, yolo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -293,14 +294,16 @@ def test_cli_converts_yolo(tmp_path, dataset):
 @pytest.mark.slow
 def test_cli_yolo_usage_errors(tmp_path, dataset):
     root, images, _ = dataset
-    result = _run("--format=yolo", f"--images_dir={images}", f"--output={tmp_path}/x")
-    assert result.returncode != 0
-    assert "--format=yolo needs --data_yaml or --class_names" in result.stderr
-    result = _run("--format=yolo", f"--images_dir={tmp_path}/pictures",
-                  f"--data_yaml={root}/data.yaml", f"--output={tmp_path}/x")
-    assert result.returncode != 0 and "--format=yolo needs --labels_dir" in result.stderr
     (root / "bad.yaml").write_text("names:\n  0: cat\n  2: dog\n")
-    result = _run("--format=yolo", f"--images_dir={images}", f"--data_yaml={root}/bad.yaml",
-                  f"--output={tmp_path}/x")
+    convert = ["-m", "tfssd.cli.convert", "--format=yolo"]
+    no_names, no_labels, result = run_python_concurrently(
+        [*convert, f"--images_dir={images}", f"--output={tmp_path}/x"],
+        [*convert, f"--images_dir={tmp_path}/pictures", f"--data_yaml={root}/data.yaml",
+         f"--output={tmp_path}/x"],
+        [*convert, f"--images_dir={images}", f"--data_yaml={root}/bad.yaml",
+         f"--output={tmp_path}/x"], cwd=ROOT)
+    assert no_names.returncode != 0
+    assert "--format=yolo needs --data_yaml or --class_names" in no_names.stderr
+    assert no_labels.returncode != 0 and "--format=yolo needs --labels_dir" in no_labels.stderr
     assert result.returncode == 1
     assert f"error: {root}/bad.yaml: 'names:' class ids must run 0..1" in result.stderr
