@@ -10,7 +10,6 @@ out (as in test_tflite.py). Skipped when openvino is not installed (pip install
 import asyncio
 import glob
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 import tensorflow as tf
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.processes import run_model_alone
 from tfssd import api
 from tfssd.deploy import detector as detectors
 from tfssd.deploy import openvino_export, trained_ssd
@@ -60,13 +60,7 @@ print(json.dumps({
 
 def run_openvino(model: str, images: np.ndarray, tmp_path) -> tuple[dict, dict]:
     """Detections of ``model`` on uint8 ``images`` [N, S, S, 3] from OpenVINO alone."""
-    np.savez(tmp_path / "inputs.npz", images=images)
-    result = subprocess.run(
-        [sys.executable, "-c", OPENVINO_SCRIPT, model, str(tmp_path / "inputs.npz"),
-         str(tmp_path / "outputs.npz")], capture_output=True, text=True, timeout=120,
-        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(tmp_path / "outputs.npz")), json.loads(result.stdout.splitlines()[-1])
+    return run_model_alone(OPENVINO_SCRIPT, model, images, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.processes import run_model_alone
 from tfssd import api
 from tfssd.deploy import detector as detectors
 from tfssd.deploy import saved_model as export
@@ -61,13 +62,7 @@ def run(*argv, timeout=300):
 
 def run_litert(model: str, images: np.ndarray, tmp_path) -> tuple[dict, dict]:
     """Detections of ``model`` on ``images`` [N, S, S, 3] from LiteRT in a fresh process."""
-    np.savez(tmp_path / "inputs.npz", images=images)
-    result = subprocess.run(
-        [sys.executable, "-c", LITERT_SCRIPT, model, str(tmp_path / "inputs.npz"),
-         str(tmp_path / "outputs.npz")], capture_output=True, text=True, timeout=120,
-        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(tmp_path / "outputs.npz")), json.loads(result.stdout.splitlines()[-1])
+    return run_model_alone(LITERT_SCRIPT, model, images, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -100,15 +100,10 @@ def main(argv):
     if missing:
         fail(f"tfssd-export-openvino needs {' and '.join(missing)}: pip install "
              "'tfssd[openvino]'", 2)
-    from tfssd.cli.export_tflite import calibration_images
-    from tfssd.deploy import openvino_export, trained_ssd
+    from tfssd.cli.export_tflite import calibration_images, load_model_to_export
+    from tfssd.deploy import openvino_export
 
-    try:
-        ssd = trained_ssd.load_trained_ssd(
-            FLAGS.model, nms_threshold=FLAGS.nms_threshold, score_threshold=FLAGS.score_threshold,
-            max_detections=FLAGS.max_detections)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    ssd = load_model_to_export()
     output = os.path.abspath(FLAGS.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".openvino-", dir=os.path.dirname(output))

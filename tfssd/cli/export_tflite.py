@@ -64,6 +64,20 @@ def check_export_flags() -> None:
         raise app.UsageError(f"--model={FLAGS.model}: no such file or directory")
 
 
+def load_model_to_export():
+    """--model as a TrainedSSD with the post-processing flags applied; a model the flags do not
+    fit is a usage error."""
+    from tfssd.deploy import trained_ssd
+
+    try:
+        ssd = trained_ssd.load_trained_ssd(
+            FLAGS.model, nms_threshold=FLAGS.nms_threshold, score_threshold=FLAGS.score_threshold,
+            max_detections=FLAGS.max_detections)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    return ssd
+
+
 def calibration_images(files: tuple[str, ...], image_size: int, count: int):
     """The first ``count`` images of ``files``, decoded and resized as the host feeds them."""
     import tensorflow as tf
@@ -96,14 +110,8 @@ def main(argv):
             raise app.UsageError(f"--representative={','.join(FLAGS.representative)}: no file "
                                  "matches")
     from tfssd.deploy import tflite as tflite_export
-    from tfssd.deploy import trained_ssd
 
-    try:
-        ssd = trained_ssd.load_trained_ssd(
-            FLAGS.model, nms_threshold=FLAGS.nms_threshold, score_threshold=FLAGS.score_threshold,
-            max_detections=FLAGS.max_detections)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    ssd = load_model_to_export()
     representative = (calibration_images(files, ssd.image_size, FLAGS.calibration_images)
                       if files else None)
     model_path, labels = tflite_export.export_tflite(ssd, FLAGS.output, FLAGS.quantize,
