@@ -38,6 +38,24 @@ def test_bad_hyperparameters_fail_with_the_commands_messages_before_tensorflow(t
     assert "tensorflow imported: False" in result.stdout
 
 
+def test_the_cards_module_entry_runs_and_leaves_the_api_callable(tmp_path):
+    entry = subprocess.run([sys.executable, "-m", "tfssd.train", "--num_classes=0",
+                            "--num_training_samples=10"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert entry.returncode != 0
+    assert "--num_classes='0': expected a positive integer" in entry.stderr + entry.stdout
+    api = python("""
+        import tfssd.train
+        import tfssd
+        from tfssd.config.hyperparameters import HyperparameterError
+        try:
+            tfssd.train(num_classes=0, num_training_samples=10)
+        except HyperparameterError as e:
+            print(e)
+    """, tmp_path)
+    assert "--num_classes='0': expected a positive integer" in api.stdout, api.stderr
+
+
 def test_python_values_read_as_sagemaker_strings():
     from tfssd.config.factory import hyperparameter_text
 

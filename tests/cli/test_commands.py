@@ -32,7 +32,7 @@ def trained(shapes_voc, tmp_path_factory):
                         f"--output={work}/data/{prefix}")
         assert re.search(r"images: \d+ read, \d+ written, 0 skipped", converted.stdout)
     model_dir = work / "run"
-    result = run("-m", "tfssd.cli.train", "--num_classes=3", "--num_training_samples=8",
+    result = run("-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",  # the card
                  "--mini_batch_size=4", "--epochs=2", "--use_pretrained_model=0",
                  "--width_multiplier=0.0625", f"--train={work}/data/train-*",
                  f"--validation={work}/data/val-*", f"--model_dir={model_dir}",
