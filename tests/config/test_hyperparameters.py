@@ -10,7 +10,12 @@ from absl import flags
 
 from tfssd.cli import hyperparameter_flags as hp
 from tfssd.config import factory
-from tfssd.config.hyperparameters import HYPERPARAMETERS, HyperparameterError, parse_hyperparameters
+from tfssd.config.hyperparameters import (
+    HYPERPARAMETERS,
+    HyperparameterError,
+    parse_hyperparameters,
+    schedule_notes,
+)
 
 REQUIRED = {"num_classes": "20", "num_training_samples": "16551"}
 
@@ -37,15 +42,15 @@ def test_defaults_are_sagemakers():
 
 
 @pytest.mark.parametrize("name,good,bad", [
-    ("base_network", ["vgg-16", "resnet-50"], ["vgg16", "resnet-101", ""]),
-    ("use_pretrained_model", ["0", "1"], ["2", "true", ""]),
+    ("base_network", ["vgg-16", "resnet-50", ""], ["vgg16", "resnet-101"]),
+    ("use_pretrained_model", ["0", "1", " "], ["2", "true"]),
     ("num_classes", ["1", "80"], ["0", "-3", "2.5", "x"]),
     ("epochs", ["1", "200"], ["0", "-1", "1.5"]),
     ("learning_rate", ["1", "0.5", "1e-6"], ["0", "1.01", "-0.1", "nan", "x"]),
     ("lr_scheduler_factor", ["0.5", "0.01"], ["0", "1", "1.5"]),
-    ("optimizer", ["sgd", "adam", "rmsprop", "adadelta"], ["SGD", "adagrad", ""]),
-    ("momentum", ["1", "0.9"], ["0", "1.1"]),
-    ("weight_decay", ["0.0005", "0.999"], ["0", "1", "-0.1"]),
+    ("optimizer", ["sgd", "adam", "rmsprop", "adadelta", ""], ["SGD", "adagrad"]),
+    ("momentum", ["1", "0.9", "0", "0.0"], ["1.1", "-0.1"]),
+    ("weight_decay", ["0.0005", "0.999", "0", "0.0"], ["1", "-0.1"]),
     ("mini_batch_size", ["1", "64"], ["0", "-8", "8.0"]),
     ("image_shape", ["300", "512", "301"], ["299", "0", "300.5"]),
     ("label_width", ["7", "350"], ["0", "6", "-1"]),
@@ -54,10 +59,10 @@ def test_defaults_are_sagemakers():
     ("overlap_threshold", ["1", "0.5"], ["0", "2"]),
     ("freeze_layer_pattern", ["^(conv1_|conv2_).*", "", "false"], ["(unclosed", "*bad"]),
     ("kv_store", ["dist_sync", "dist_async", ""], ["dist", "local"]),
-    ("early_stopping", ["True", "False", "true", "false"], ["yes", "1", ""]),
+    ("early_stopping", ["True", "False", "true", "false", ""], ["yes", "1"]),
     ("early_stopping_min_epochs", ["1", "10"], ["0", "-2"]),
     ("early_stopping_patience", ["1", "5"], ["0"]),
-    ("early_stopping_tolerance", ["0", "0.0", "0.5"], ["1", "-0.1"]),
+    ("early_stopping_tolerance", ["0", "0.0", "0.5", "1", "1.0"], ["1.01", "-0.1"]),
 ])
 def test_each_rule(name, good, bad):
     for value in good:
@@ -85,9 +90,32 @@ def test_lr_scheduler_step():
     assert parse(lr_scheduler_step="10,20")[0]["lr_scheduler_step"] == (10, 20)
     for bad in ["10, x", "10.5", "20, 10", "10, 10", "0, 5", "-1"]:
         assert len(errors_of(lr_scheduler_step=bad)) == 1, bad
-    (message,) = errors_of(lr_scheduler_step="10, 30", epochs="30")
-    assert "expected epochs below epochs=30" in message
-    assert errors_of(lr_scheduler_step="10, 29", epochs="30") == []
+    assert parse(lr_scheduler_step="")[0]["lr_scheduler_step"] == ()
+
+
+def test_steps_at_or_past_the_last_epoch_are_taken_with_a_note():
+    # AWS's Ground Truth notebooks send epochs=5 (and epochs=1) with lr_scheduler_step="3,6".
+    values, errors = parse(epochs="5", lr_scheduler_step="3,6")
+    assert errors == [] and values["lr_scheduler_step"] == (3, 6)
+    assert schedule_notes(values) == [
+        "lr_scheduler_step 6 at or past epochs=5: that reduction never fires (as in SageMaker's "
+        "algorithm)."]
+    values, errors = parse(epochs="1", lr_scheduler_step="3,6")
+    assert errors == [] and "3, 6 at or past epochs=1: those reductions" in schedule_notes(
+        values)[0]
+    assert schedule_notes(parse(epochs="30", lr_scheduler_step="10, 29")[0]) == []
+
+
+def test_an_empty_string_is_unset():
+    values, errors = parse(**{name: "" for name in ["base_network", "optimizer", "momentum",
+                                                    "early_stopping", "lr_scheduler_step",
+                                                    "kv_store", "freeze_layer_pattern"]})
+    assert errors == []
+    assert (values["base_network"], values["optimizer"], values["momentum"]) == (
+        "vgg-16", "sgd", 0.9)
+    assert (values["early_stopping"], values["lr_scheduler_step"], values["kv_store"],
+            values["freeze_layer_pattern"]) == (False, (), None, None)
+    assert errors_of(num_classes="") == ["num_classes: required, expected a positive integer"]
 
 
 def test_several_errors_reported_together():

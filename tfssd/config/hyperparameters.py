@@ -162,13 +162,15 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("lr_scheduler_factor", "0.1", _float_in(0, 1, True, True),
                    "lr_new = lr_old * factor at each step epoch, in (0, 1)."),
     Hyperparameter("lr_scheduler_step", None, _epoch_list,
-                   'Epochs at which the learning rate is reduced, e.g. "10, 20".'),
+                   'Epochs at which the learning rate is reduced, e.g. "10, 20"; a step at or '
+                   "past epochs never fires."),
     Hyperparameter("optimizer", "sgd", _choice(*config_lib.OPTIMIZERS),
                    "sgd, adam, rmsprop or adadelta."),
-    Hyperparameter("momentum", "0.9", _float_in(0, 1, True, False),
-                   "Momentum for sgd, in (0, 1]; ignored by the other optimizers."),
-    Hyperparameter("weight_decay", "0.0005", _float_in(0, 1, True, True),
-                   "Coupled L2 weight decay (grad += wd * w) for sgd and rmsprop, in (0, 1); "
+    # momentum and weight_decay take 0: SageMaker's documented tuning ranges start there.
+    Hyperparameter("momentum", "0.9", _float_in(0, 1, False, False),
+                   "Momentum for sgd, in [0, 1]; ignored by the other optimizers."),
+    Hyperparameter("weight_decay", "0.0005", _float_in(0, 1, False, True),
+                   "Coupled L2 weight decay (grad += wd * w) for sgd and rmsprop, in [0, 1); "
                    "ignored by the other optimizers."),
     Hyperparameter("mini_batch_size", "32", _positive_int,
                    "Batch size per machine; split over the GPUs of a machine; with dist_sync the "
@@ -197,8 +199,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "Epochs before early stopping may act."),
     Hyperparameter("early_stopping_patience", "5", _positive_int,
                    "Epochs without improvement (by the tolerance) before stopping."),
-    Hyperparameter("early_stopping_tolerance", "0.0", _float_in(0, 1, False, True),
-                   "Improvement counts when (mAP - best) / best exceeds this, in [0, 1)."),
+    Hyperparameter("early_stopping_tolerance", "0.0", _float_in(0, 1, False, False),
+                   "Improvement counts when (mAP - best) / best exceeds this, in [0, 1]."),
 )
 HYPERPARAMETER_NAMES = tuple(h.name for h in HYPERPARAMETERS)
 
@@ -207,7 +209,8 @@ def parse_hyperparameters(raw: Mapping[str, str | None]) -> tuple[dict[str, Any]
     """Parses SageMaker's string values; returns the typed values and every error found.
 
     Args:
-      raw: hyperparameter name -> string value, or None where unset.
+      raw: hyperparameter name -> string value, or None where unset. An empty string is unset
+        too (SageMaker's console and AWS's examples send ``""``): the default applies.
 
     Returns:
       (values, errors): values holds each name whose value parsed (None when unset and
@@ -218,6 +221,8 @@ def parse_hyperparameters(raw: Mapping[str, str | None]) -> tuple[dict[str, Any]
     errors: list[str] = []
     for h in HYPERPARAMETERS:
         text = raw.get(h.name, h.default)
+        if isinstance(text, str) and not text.strip():
+            text = h.default
         if text is None:
             if h.required:
                 errors.append(f"{h.name}: required, {_expected(h)}")
@@ -229,10 +234,6 @@ def parse_hyperparameters(raw: Mapping[str, str | None]) -> tuple[dict[str, Any]
             values[h.name] = h.parse(str(text))
         except ValueError as e:
             errors.append(f"{h.name}={text!r}: expected {e}")
-    steps, epochs = values.get("lr_scheduler_step"), values.get("epochs")
-    if steps and epochs and steps[-1] >= epochs:
-        errors.append(f"lr_scheduler_step={raw.get('lr_scheduler_step')!r}: expected epochs "
-                      f"below epochs={epochs}")
     width = values.get("label_width")
     min_width = config_lib.LABEL_HEADER_WIDTH + config_lib.OBJECT_WIDTH
     if width is not None and width < min_width:
@@ -240,6 +241,18 @@ def parse_hyperparameters(raw: Mapping[str, str | None]) -> tuple[dict[str, Any]
                       f"(a header of {config_lib.LABEL_HEADER_WIDTH} plus one object of "
                       f"{config_lib.OBJECT_WIDTH})")
     return values, errors
+
+
+def schedule_notes(values: Mapping[str, Any]) -> list[str]:
+    """What the run should say about valid but surprising values (SageMaker's algorithm takes
+    them silently): lr_scheduler_step epochs at or past ``epochs``, which never fire."""
+    steps, epochs = values.get("lr_scheduler_step") or (), values.get("epochs")
+    late = [step for step in steps if epochs and step >= epochs]
+    if not late:
+        return []
+    return [f"lr_scheduler_step {', '.join(map(str, late))} at or past epochs={epochs}: "
+            f"{'that reduction never fires' if len(late) == 1 else 'those reductions never fire'}"
+            " (as in SageMaker's algorithm)."]
 
 
 def _expected(h: Hyperparameter) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from absl import logging
 
 from tfssd.config import factory, precision
+from tfssd.config.hyperparameters import schedule_notes
 from tfssd.training import distribution
 
 
@@ -45,6 +46,8 @@ def _train(values, options, cluster):
     policy, why = precision.choose(options["precision"], precision.describe_hardware())
     if cluster.is_chief:
         logging.info("Precision: %s (%s).", policy, why)
+        for note in schedule_notes(values):
+            logging.info("%s", note)
     config = factory.build_config(values, options, num_workers=cluster.num_workers,
                                   precision=policy)
     return train(config, strategy, cluster)
