@@ -49,9 +49,11 @@ def _b64(data: bytes) -> str:
 
 
 def call(url: str, method: str = "GET", body: bytes | None = None,
-         content_type: str | None = None) -> tuple[int, dict, bytes]:
+         content_type: str | None = None, accept: str | None = None) -> tuple[int, dict, bytes]:
     """One request to the test's own server on 127.0.0.1: (status, headers, body)."""
     headers = {"Content-Type": content_type} if content_type else {}
+    if accept:
+        headers["Accept"] = accept
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
@@ -394,6 +396,64 @@ def test_batcher_unbatched_and_one_bad_image_fails_alone():
     assert results[1].status == 400 and results[1].message.startswith("bad one: the model cannot")
 
 
+@pytest.mark.slow
+def test_accept_annotation_answers_in_pixels(served):
+    """Accept: application/json;annotation=1, the algorithm's other response format: each row of
+    the prediction format in integer pixels of the request's own image."""
+    url = served["main"].url + "/invocations"
+    png = served["images"]["png"]
+    width, height = Image.open(io.BytesIO(png)).size
+
+    def expected(prediction):
+        rows = []
+        for cls, score, xmin, ymin, xmax, ymax in prediction["prediction"]:
+            left, top = round(xmin * width), round(ymin * height)
+            rows.append([int(cls), score, left, top, round(xmax * width) - left,
+                         round(ymax * height) - top])
+        return rows
+
+    def rows(answer):
+        assert answer["image_size"] == [{"width": width, "height": height, "depth": 3}]
+        return [[a["class_id"], a["score"], a["left"], a["top"], a["width"], a["height"]]
+                for a in answer["annotations"]]
+
+    for accept in ("application/json;annotation=1", "application/json; annotation=1",
+                   "text/html, application/json;annotation=1"):
+        status, headers, body = call(url, "POST", png, "image/png", accept)
+        assert status == 200 and headers["Content-Type"].startswith("application/json"), body
+        got, want = rows(json.loads(body)), expected(served["predict"][1])
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want):
+            assert a[0] == b[0] and a[2:] == b[2:] and abs(a[1] - b[1]) < 1e-4, (a, b)
+    line = (json.dumps({"b64": _b64(png)}) + "\n").encode()
+    status, _, body = call(url, "POST", line, "application/jsonlines",
+                           "application/jsonlines;annotation=1")
+    assert status == 200 and len(rows(json.loads(body))) == len(expected(served["predict"][1]))
+    status, _, body = call(url, "POST", png, "image/png", "application/json")  # the default
+    assert_same_prediction(json.loads(body), served["predict"][1])
+    status, _, body = call(url, "POST", png, "image/png", "text/csv")
+    assert status == 406 and "application/json" in json.loads(body)["error"]
+
+
+def test_annotation_response_golden():
+    """Pixels of a 200 x 100 grayscale image: [0.1, 0.2, 0.3, 0.4] yxyx -> left 40, top 10,
+    width 40, height 20; depth 1."""
+    one = {"detection_boxes": np.array([[0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0]], np.float32),
+           "detection_scores": np.array([0.75, 0.0], np.float32),
+           "detection_classes": np.array([2, 0], np.float32),
+           "num_detections": np.float32(1)}
+    image = serving_formats.ImageInfo("PNG", 200, 100, "L")
+    assert serving_formats.to_annotations(one, image) == {
+        "image_size": [{"width": 200, "height": 100, "depth": 1}],
+        "annotations": [{"class_id": 2, "score": 0.75, "left": 40, "top": 10, "width": 40,
+                         "height": 20}]}
+    assert not serving_formats.wants_annotations("")
+    assert not serving_formats.wants_annotations("*/*")
+    assert serving_formats.wants_annotations("application/json;annotation=1")
+    with pytest.raises(serving_formats.RequestError, match="Accept 'image/png'"):
+        serving_formats.wants_annotations("image/png")
+
+
 def test_sagemaker_response_golden():
     """Rows are [class, score, xmin, ymin, xmax, ymax]: the yxyx boxes reordered, padding and
     scores under min_score left out (tfssd-predict prints the same function's output)."""
@@ -407,6 +467,15 @@ def test_sagemaker_response_golden():
         [2.0, 0.75, f(0.2), f(0.1), f(0.4), f(0.3)], [0.0, 0.25, 0.5, 0.5, 1.0, 0.75]]}
     assert serving_formats.to_sagemaker(one, min_score=0.5) == {"prediction": [
         [2.0, 0.75, f(0.2), f(0.1), f(0.4), f(0.3)]]}
+
+
+def test_batch_transforms_payload_size_sets_the_body_limit_unless_the_flag_does():
+    environ = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}  # the Ground Truth notebook's MaxPayloadInMB
+    assert serve.max_body_bytes(16 * 2**20, False, environ) == 6 * 2**20
+    assert serve.max_body_bytes(1000, True, environ) == 1000
+    assert serve.max_body_bytes(16 * 2**20, False, {}) == 16 * 2**20
+    with pytest.raises(app.UsageError, match="SAGEMAKER_MAX_PAYLOAD_IN_MB='x'"):
+        serve.max_body_bytes(16 * 2**20, False, {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "x"})
 
 
 def test_model_and_port_from_the_sagemaker_container(tmp_path):

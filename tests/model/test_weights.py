@@ -1,5 +1,7 @@
 """ImageNet initialisation from keras.applications-style h5 files the tests write themselves."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -90,6 +92,22 @@ def test_offline_without_the_file_says_what_to_do(tmp_path, monkeypatch):
     assert not list((tmp_path / "keras" / "models").glob("*"))  # no partial download left
 
 
+def test_weights_baked_into_an_image_need_no_download(tmp_path, monkeypatch):
+    """docker/Dockerfile bakes the files into a folder and names it in TFSSD_IMAGENET_WEIGHTS;
+    a network-isolated job then finds them there, and never reaches the (unreachable) URL."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv(weights.BAKED_WEIGHTS_VARIABLE, str(tmp_path / "baked"))
+    spec = weights.IMAGENET_WEIGHTS["resnet-50"]
+    monkeypatch.setitem(weights.IMAGENET_WEIGHTS, "resnet-50", weights.WeightsFile(
+        spec.filename, "http://127.0.0.1:9/resnet50.h5", spec.md5))
+    with pytest.raises(weights.PretrainedWeightsError, match="Download failed"):
+        weights.locate_weights("resnet-50")  # not baked: the download is tried
+    (tmp_path / "baked").mkdir()
+    (tmp_path / "baked" / spec.filename).write_bytes(b"weights")
+    assert weights.locate_weights("resnet-50", download=False) == str(
+        tmp_path / "baked" / spec.filename)
+
+
 def test_cached_file_is_hash_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
@@ -159,3 +177,12 @@ def test_sagemakers_networks_start_from_mxnet_imagenet_files_by_layer_name(tmp_p
     with pytest.raises(weights.PretrainedWeightsError, match="vgg16_reduced-0000.params as "
                                                              "--pretrained_weights=FILE"):
         weights.load_imagenet_weights(ssd.model, "sagemaker-vgg-16", None)
+
+
+def test_the_image_bakes_the_weights_where_training_looks():
+    dockerfile = open(os.path.join(os.path.dirname(__file__), "..", "..", "docker",
+                                   "Dockerfile")).read()
+    assert f"ENV {weights.BAKED_WEIGHTS_VARIABLE}=/opt/tfssd-imagenet" in dockerfile
+    assert "bake_imagenet_weights" in dockerfile and "ARG IMAGENET_WEIGHTS=1" in dockerfile
+    # Inference pipelines and multi-container endpoints need this label.
+    assert "LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in dockerfile

@@ -65,7 +65,9 @@ def define_flags() -> None:
                        "A request body not received within this is answered 408.",
                        lower_bound=0.1)
     flags.DEFINE_integer("max_body_bytes", 16 * 2**20,
-                         "Largest request body; larger ones are answered 413.", lower_bound=1)
+                         "Largest request body; larger ones are answered 413. Default: "
+                         "$SAGEMAKER_MAX_PAYLOAD_IN_MB MiB where batch transform sets it, else "
+                         "16 MiB.", lower_bound=1)
     flags.DEFINE_integer("max_image_pixels", 4096 * 4096,
                          "Largest width x height of an image (checked from its header before "
                          "decoding); larger ones are answered 400. 0: no limit.", lower_bound=0)
@@ -88,6 +90,18 @@ def model_and_port(model: str | None, port: int | None, environ: Mapping[str, st
     return model, port
 
 
+def max_body_bytes(flag_value: int, given: bool, environ: Mapping[str, str]) -> int:
+    """The body limit: the flag when given, else batch transform's SAGEMAKER_MAX_PAYLOAD_IN_MB
+    (the payload size the job was told this container takes), else the flag's default."""
+    value = environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    if given or value is None:
+        return flag_value
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise app.UsageError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={value!r} is not a positive number "
+                             "of MB")
+    return int(value) * 2**20
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -101,7 +115,9 @@ def main(argv):
     detector.warm_up()
     limits = serving.Limits(max_batch_size=FLAGS.max_batch_size,
                             batch_timeout_ms=FLAGS.batch_timeout_ms, max_queue=FLAGS.max_queue,
-                            max_body_bytes=FLAGS.max_body_bytes,
+                            max_body_bytes=max_body_bytes(FLAGS.max_body_bytes,
+                                                          FLAGS["max_body_bytes"].present,
+                                                          os.environ),
                             max_image_pixels=FLAGS.max_image_pixels,
                             max_images_per_request=FLAGS.max_images_per_request,
                             max_connections=FLAGS.max_connections,

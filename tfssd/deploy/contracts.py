@@ -6,7 +6,9 @@ SageMaker (``POST /invocations``): a body that is one image (``image/jpeg``, ``i
 ``application/json`` ``{"instances": [{"b64": ...}, ...]}`` (several images) is answered
 ``{"predictions": [{"prediction": ...}, ...]}``, one object per image in order;
 ``application/jsonlines``, one ``{"b64": ...}`` a line (batch transform), is answered one
-``{"prediction": ...}`` a line.
+``{"prediction": ...}`` a line. With ``Accept: application/json;annotation=1`` each image's
+answer is the algorithm's other format instead, in pixels: ``{"image_size": [{"width", "height",
+"depth"}], "annotations": [{"class_id", "score", "left", "top", "width", "height"}, ...]}``.
 
 TF Serving (``POST /v1/models/NAME:predict``): ``{"instances": [{"b64": ...}, ...]}`` (an
 instance may also be ``{"images": {"b64": ...}}``, the input named) is answered in its row
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 
 import numpy as np
 
-from tfssd.ops.image_check import SERVED_FORMATS, ImageError, inspect_image
+from PIL import Image
+
+from tfssd.ops.image_check import SERVED_FORMATS, ImageError, ImageInfo, inspect_image
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -35,6 +40,8 @@ INVOCATION_TYPES = (*IMAGE_TYPES, JSON_TYPE, *JSONLINES_TYPES)
 SIGNATURE = "serving_default"
 INSTANCE = '{"b64": "<base64 JPEG or PNG>"}'
 Images = list[tuple[str, bytes]]  # (a name for messages: "request body", "instances[2]", bytes)
+# Accept values /invocations answers (parameters aside); annotation=1 picks the pixel format.
+ACCEPTED = ("*/*", "application/*", JSON_TYPE, *JSONLINES_TYPES)
 
 
 class RequestError(Exception):
@@ -62,6 +69,32 @@ def to_sagemaker(detections: dict[str, np.ndarray], min_score: float = 0.0) -> d
                            for cls, score, (ymin, xmin, ymax, xmax) in rows if score >= min_score]}
 
 
+def to_annotations(detections: dict[str, np.ndarray], image: ImageInfo,
+                   min_score: float = 0.0) -> dict:
+    """One image's serving outputs -> the algorithm's ``annotation=1`` response, in pixels.
+
+    Args:
+      detections: as for ``to_sagemaker`` (boxes normalised yxyx).
+      image: the request's image (its width, height and mode).
+
+    Returns:
+      {"image_size": [{"width", "height", "depth"}], "annotations": [{"class_id", "score",
+      "left", "top", "width", "height"}, ...]}: integer pixels, origin top left, as the
+      algorithm's JSON annotation files are.
+    """
+    width, height = image.width, image.height
+    annotations = []
+    for class_id, score, xmin, ymin, xmax, ymax in to_sagemaker(detections, min_score)[
+            "prediction"]:
+        left, top = round(xmin * width), round(ymin * height)
+        annotations.append({"class_id": int(class_id), "score": score, "left": left, "top": top,
+                            "width": round(xmax * width) - left,
+                            "height": round(ymax * height) - top})
+    return {"image_size": [{"width": width, "height": height,
+                            "depth": Image.getmodebands(image.mode)}],
+            "annotations": annotations}
+
+
 def to_tf_serving(detections: list[dict[str, np.ndarray]], key: str) -> dict:
     """Per-image serving outputs -> TF Serving's row ("instances") or columnar ("inputs") body."""
     rows = [{name: value.tolist() for name, value in d.items()} for d in detections]
@@ -70,12 +103,47 @@ def to_tf_serving(detections: list[dict[str, np.ndarray]], key: str) -> dict:
     return {"predictions": rows}
 
 
-def invocation_response(content_type: str, detections: list[dict[str, np.ndarray]]) -> str:
-    """The /invocations response body (JSON, or JSON Lines for a JSON Lines request)."""
-    responses = [to_sagemaker(d) for d in detections]
-    if content_type in IMAGE_TYPES:
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """What a parsed /invocations request needs for its answer: its content type and images."""
+
+    content_type: str
+    images: list[ImageInfo]
+
+
+def wants_annotations(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for the ``annotation=1`` format.
+
+    Raises:
+      RequestError: 406 when it names no type /invocations answers.
+    """
+    annotation = False
+    for part in accept.split(",") if accept.strip() else []:
+        media, *parameters = (p.strip().lower() for p in part.split(";"))
+        if media not in ACCEPTED:
+            continue
+        values = dict(p.partition("=")[::2] for p in parameters)
+        annotation = annotation or values.get("annotation", "").strip() == "1"
+        break
+    else:
+        if accept.strip():
+            raise RequestError(406, f"Accept {accept!r}: /invocations answers application/json "
+                                    "(add ;annotation=1 for the pixel format) or "
+                                    "application/jsonlines")
+    return annotation
+
+
+def invocation_response(invocation: Invocation, detections: list[dict[str, np.ndarray]],
+                        annotations: bool = False) -> str:
+    """The /invocations response body (JSON, or JSON Lines for a JSON Lines request), in the
+    ``prediction`` format, or the ``annotation=1`` one when ``annotations``."""
+    if annotations:
+        responses = [to_annotations(d, image) for d, image in zip(detections, invocation.images)]
+    else:
+        responses = [to_sagemaker(d) for d in detections]
+    if invocation.content_type in IMAGE_TYPES:
         return json.dumps(responses[0])
-    if content_type == JSON_TYPE:
+    if invocation.content_type == JSON_TYPE:
         return json.dumps({"predictions": responses})
     return "".join(json.dumps(response) + "\n" for response in responses)
 
@@ -128,19 +196,22 @@ def _instances(document, key: str, max_images: int) -> Images:
             for n, item in enumerate(instances)]
 
 
-def _check_images(images: Images, max_pixels: int) -> Images:
-    """Refuses (400) the first image that is empty, not an image, truncated or too large."""
+def _check_images(images: Images, max_pixels: int) -> list[ImageInfo]:
+    """Refuses (400) the first image that is empty, not an image, truncated or too large;
+    returns what each holds."""
+    infos = []
     for name, data in images:
         try:
-            inspect_image(data, name, max_pixels, decode=True, formats=SERVED_FORMATS)
+            infos.append(inspect_image(data, name, max_pixels, decode=True,
+                                       formats=SERVED_FORMATS))
         except ImageError as e:
             raise RequestError(400, str(e)) from None
-    return images
+    return infos
 
 
 def parse_invocation(content_type: str, body: bytes, max_pixels: int,
-                     max_images: int = 0) -> tuple[str, Images]:
-    """A /invocations body -> (its content type, checked (name, image bytes) pairs).
+                     max_images: int = 0) -> tuple[Invocation, Images]:
+    """A /invocations body -> (its Invocation, checked (name, image bytes) pairs).
 
     ``max_images`` (0: no limit) refuses (413) a body of more images, before any is decoded.
     """
@@ -155,7 +226,7 @@ def parse_invocation(content_type: str, body: bytes, max_pixels: int,
         _check_count(len(lines), max_images)
         images = [(f"line {n}", _instance_bytes(_load_json(line, f"line {n}"), f"line {n}"))
                   for n, line in lines]
-    return content_type, _check_images(images, max_pixels)
+    return Invocation(content_type, _check_images(images, max_pixels)), images
 
 
 def parse_predict(body: bytes, max_pixels: int, max_images: int = 0) -> tuple[str, Images]:
@@ -167,7 +238,9 @@ def parse_predict(body: bytes, max_pixels: int, max_images: int = 0) -> tuple[st
             raise RequestError(400, f"signature_name {signature!r} is not served; this server "
                                     f"serves {SIGNATURE!r} (encoded images)")
     key = "inputs" if isinstance(document, dict) and "inputs" in document else "instances"
-    return key, _check_images(_instances(document, key, max_images), max_pixels)
+    images = _instances(document, key, max_images)
+    _check_images(images, max_pixels)
+    return key, images
 
 
 def predict_response(detections: list[dict[str, np.ndarray]], key: str) -> str:

@@ -53,6 +53,7 @@ from tfssd.deploy.contracts import (
     parse_invocation,
     parse_predict,
     predict_response,
+    wants_annotations,
 )
 from tfssd.deploy.detector import load_detector
 
@@ -233,9 +234,12 @@ class _Endpoint:
                                     "(image/jpeg, image/png, application/x-image), "
                                     f'application/json {{"instances": [{INSTANCE}, ...]}} or '
                                     f"application/jsonlines (one {INSTANCE} a line)")
-        text = await self._respond(request, parse_invocation,
-                                   lambda detections, kind: invocation_response(kind, detections),
-                                   content_type)
+        annotations = wants_annotations(request.headers.get("Accept", ""))
+        text = await self._respond(
+            request, parse_invocation,
+            lambda detections, invocation: invocation_response(invocation, detections,
+                                                               annotations),
+            content_type)
         jsonlines = content_type in JSONLINES_TYPES
         return web.Response(text=text,
                             content_type=JSONLINES_TYPES[0] if jsonlines else JSON_TYPE)

@@ -1,6 +1,8 @@
 """ImageNet initialisation of the backbone from keras.applications' "notop" weight files.
 
-The file comes from ``--pretrained_weights`` if given, else from the Keras cache
+The file comes from ``--pretrained_weights`` if given, else from the folder
+``$TFSSD_IMAGENET_WEIGHTS`` names (an image's weights, baked at build time by
+``bake_imagenet_weights``: network-isolated jobs need no download), else from the Keras cache
 (``$KERAS_HOME/models``, default ``~/.keras/models``) where its MD5 is checked, else it is
 downloaded there. VGG-16's Keras layer names map onto SSD's (block1_conv1 -> conv1_1, ...);
 fc6, fc7, the extra layers and the heads have no ImageNet counterpart and start from scratch.
@@ -25,6 +27,7 @@ from absl import logging
 from tfssd.model import vgg16
 
 _DOWNLOAD_TIMEOUT_S = 20
+BAKED_WEIGHTS_VARIABLE = "TFSSD_IMAGENET_WEIGHTS"  # a folder of the "notop" files (docker/)
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -97,6 +100,9 @@ def locate_weights(base_network: str, path: str | None = None, download: bool = 
         if not os.path.isfile(path):
             raise PretrainedWeightsError(f"--pretrained_weights={path}: no such file")
         return path
+    baked = os.environ.get(BAKED_WEIGHTS_VARIABLE)
+    if baked and os.path.isfile(os.path.join(baked, spec.filename)):
+        return os.path.join(baked, spec.filename)  # MD5 checked when it was baked
     cached = os.path.join(keras_cache_dir(), spec.filename)
     if os.path.isfile(cached):
         if md5_of(cached) != spec.md5:
@@ -118,6 +124,20 @@ def locate_weights(base_network: str, path: str | None = None, download: bool = 
         os.remove(cached)
         raise PretrainedWeightsError(f"The download of {spec.url} is corrupt.\n{help_text}")
     return cached
+
+
+def bake_imagenet_weights(directory: str) -> list[str]:
+    """Downloads every network's ImageNet file into ``directory``, MD5 checked (an image's
+    build step; the image then sets $TFSSD_IMAGENET_WEIGHTS to ``directory``)."""
+    paths = []
+    for spec in IMAGENET_WEIGHTS.values():
+        path = os.path.join(directory, spec.filename)
+        if not os.path.isfile(path) or md5_of(path) != spec.md5:
+            _download(spec.url, path)
+        if md5_of(path) != spec.md5:
+            raise PretrainedWeightsError(f"The download of {spec.url} is corrupt")
+        paths.append(path)
+    return paths
 
 
 def _attribute_list(group, name: str) -> list[str]:
