@@ -52,7 +52,7 @@ class ContainerPaths:
         return os.path.join(self.root, "model")
 
     @property
-    def checkpoint_dir(self) -> str:  # exists when the job configures checkpointing
+    def checkpoint_dir(self) -> str:  # the default LocalPath of checkpointconfig.json
         return os.path.join(self.root, "checkpoints")
 
     @property
@@ -150,12 +150,42 @@ def read_sagemaker_hyperparameters(path: str) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
+CHECKPOINT_CONFIG = "checkpointconfig.json"
+
+
+def checkpoint_local_path(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Where the job's checkpoints go when it configures checkpointing, else None.
+
+    SageMaker writes ``input/config/checkpointconfig.json`` (``{"LocalPath": ..., "S3Uri":
+    ...}``) for a job with a ``CheckpointConfig``, and syncs that folder with S3 (a managed spot
+    job's next attempt finds it filled). ``LocalPath`` defaults to ``/opt/ml/checkpoints``; an
+    older job without the file but with that folder is taken as checkpointing too.
+    """
+    paths = container_paths(environ)
+    config_dir = environ.get("SM_INPUT_CONFIG_DIR", paths.config_dir)
+    path = os.path.join(config_dir, CHECKPOINT_CONFIG)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ContainerError(f"{path}: cannot read: {e}") from None
+        if not isinstance(config, dict):
+            raise ContainerError(f"{path}: expected a JSON object with LocalPath and S3Uri")
+        local = config.get("LocalPath") or paths.checkpoint_dir
+        if not isinstance(local, str) or not os.path.isabs(local):
+            raise ContainerError(f"{path}: LocalPath {local!r}: expected an absolute path")
+        return local
+    return paths.checkpoint_dir if os.path.isdir(paths.checkpoint_dir) else None
+
+
 def environment_options(environ: Mapping[str, str]) -> dict[str, str]:
     """Paths SageMaker provides, as values for tfssd's flags (hyperparameters.json included).
 
     Inside a container the model goes to ``/opt/ml/model`` (``SM_MODEL_DIR`` wins) and the
-    checkpoints to ``/opt/ml/checkpoints`` when the job configures checkpointing, else beside the
-    export as ``checkpoints/`` (what ``--init_from`` reads back from a model.tar.gz).
+    checkpoints to checkpointconfig.json's ``LocalPath`` when the job configures checkpointing
+    (``checkpoint_local_path``), else beside the export as ``checkpoints/`` (what
+    ``--init_from`` reads back from a model.tar.gz).
     """
     paths = container_paths(environ)
     found: dict[str, str] = {}
@@ -172,19 +202,35 @@ def environment_options(environ: Mapping[str, str]) -> dict[str, str]:
                                                  else None)
     if model_dir:
         found["export_dir"] = model_dir
-        found["model_dir"] = (paths.checkpoint_dir if os.path.isdir(paths.checkpoint_dir)
-                              else os.path.join(model_dir, "checkpoints"))
+        found["model_dir"] = (checkpoint_local_path(environ)
+                              or os.path.join(model_dir, "checkpoints"))
     return found
 
 
 def hosts(environ: Mapping[str, str]) -> tuple[list[str], str] | None:
-    """(sorted hosts, this host) in a SageMaker container, else None."""
+    """(sorted hosts, this host) in a SageMaker container, else None.
+
+    Raises:
+      ContainerError: resourceconfig.json cannot be read or lacks ``hosts``/``current_host``.
+    """
     if "SM_HOSTS" in environ and "SM_CURRENT_HOST" in environ:
         return sorted(json.loads(environ["SM_HOSTS"])), environ["SM_CURRENT_HOST"]
     path = environ.get("SM_RESOURCE_CONFIG",
                        container_paths(environ).config_file("resourceconfig.json"))
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        return sorted(config["hosts"]), config["current_host"]
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            return sorted(config["hosts"]), config["current_host"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ContainerError(f"{path}: expected hosts and current_host ({e!r})") from None
     return None
+
+
+def current_host(environ: Mapping[str, str] = os.environ) -> str | None:
+    """SageMaker's name of this host (``algo-1`` ...), as its metric lines name it; else None."""
+    try:
+        found = hosts(environ)
+    except (ContainerError, ValueError):
+        return None
+    return found[1] if found else None

@@ -48,7 +48,8 @@ class ClusterConfigError(DistributionError):
 
 
 def _default_host() -> str:
-    return os.environ.get("SM_CURRENT_HOST") or socket.gethostname()
+    """The host name metric lines carry: SageMaker's current_host (algo-1 ...) in a job."""
+    return sagemaker_container.current_host(os.environ) or socket.gethostname()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,14 @@ def resolve_cluster(kv_store: str | None, environ: Mapping[str, str] = os.enviro
     tf_config = json.loads(environ["TF_CONFIG"]) if environ.get("TF_CONFIG") else None
     if tf_config is None:
         found = sagemaker_container.hosts(environ)
-        if found and len(found[0]) > 1 and kv_store:
+        if found and len(found[0]) > 1 and not kv_store:
+            raise ClusterConfigError(
+                f"kv_store is not set but the job runs on {len(found[0])} hosts "
+                f"({', '.join(found[0][:4])}{', ...' if len(found[0]) > 4 else ''}): each would "
+                "train alone and all would write the model. Set the hyperparameter "
+                "kv_store=dist_sync (one model, a global batch of mini_batch_size per host) or "
+                "kv_store=dist_async, or run the job on one instance.")
+        if found and len(found[0]) > 1:
             main, *children = sagemaker_tf_configs(*found, kv_store)
             if main is None:  # a dist_async host that only runs its worker and ps children
                 return Cluster(mode="async", task_type="host"), children
