@@ -3,7 +3,10 @@
   python -m tfssd.cli.serve --model=EXPORT_DIR [--host=127.0.0.1] [--port=8080] [--model_name=ssd]
 
 Inside a SageMaker container (``docker run IMAGE serve``, docker/serve) the model comes from
-/opt/ml/model and the port from SAGEMAKER_BIND_TO_PORT unless the flags give them. Routes,
+/opt/ml/model and the port from SAGEMAKER_BIND_TO_PORT unless the flags give them. A model of
+SageMaker's own algorithm there (its model.tar.gz as SageMaker unpacks it: the MXNet symbol,
+.params and hyperparams.json) is imported at start (tfssd/deploy/sagemaker_import.py, no MXNet)
+into a temporary folder, and served. Routes,
 batching and limits: tfssd/deploy/server.py; request and response bodies:
 tfssd/deploy/contracts.py.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import os
+import tarfile
+import tempfile
 from collections.abc import Mapping
 
 from absl import app, flags, logging
@@ -102,10 +107,43 @@ def max_body_bytes(flag_value: int, given: bool, environ: Mapping[str, str]) -> 
     return int(value) * 2**20
 
 
+def is_sagemaker_artifact(model: str) -> bool:
+    """Whether ``model`` is a model of SageMaker's MXNet algorithm: a folder with an MXNet
+    ``*-symbol.json`` (/opt/ml/model as SageMaker unpacks model.tar.gz), or such a .tar.gz."""
+    if os.path.isdir(model):
+        return any(name.endswith("-symbol.json") for name in os.listdir(model))
+    if os.path.isfile(model) and model.endswith((".tar.gz", ".tgz")):
+        try:
+            with tarfile.open(model) as tar:
+                return any(name.endswith("-symbol.json") for name in tar.getnames())
+        except (tarfile.TarError, OSError):
+            return False
+    return False
+
+
+def servable(model: str) -> str:
+    """``model``, or the export of the SageMaker algorithm's model it holds, once imported."""
+    if not is_sagemaker_artifact(model):
+        return model
+    from tfssd.deploy import sagemaker_import  # TensorFlow
+
+    output = os.path.join(tempfile.mkdtemp(prefix="tfssd-serve-"), "imported")
+    logging.info("%s holds a model of SageMaker's Object Detection algorithm: importing it into "
+                 "%s.", model, output)
+    try:
+        imported = sagemaker_import.import_sagemaker_model(model, output)
+    except ValueError as e:  # SageMakerImportError, MXNetFormatError
+        raise app.UsageError(f"--model={model}: {e}") from None
+    logging.info("Imported SageMaker's %s SSD (%d classes, image_shape %d).",
+                 imported.base_network, imported.num_classes, imported.image_size)
+    return imported.export_dir
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     model_dir, port = model_and_port(FLAGS.model, FLAGS.port, os.environ)
+    model_dir = servable(model_dir)
     from tfssd.deploy import server as serving  # TensorFlow and aiohttp, once flags are good
 
     try:
