@@ -214,19 +214,25 @@ def test_the_images_of_a_piped_manifest_decode(pictures):
     assert json.loads(label)["annotations"] and json.loads(metadata)["class-map"]["0"] == "circle"
 
 
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sagemaker", "vgg16_narrow")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "sagemaker")
 
 
 @pytest.mark.slow
-def test_a_model_of_sagemakers_algorithm_in_the_model_channel_trains_on(pictures, tmp_path,
-                                                                         absl_lines):
-    """Incremental training across frameworks: SageMaker's MXNet model.tar.gz (a narrow VGG-16
-    made by MXNet, tests/fixtures/sagemaker) imported, then trained from (in this process)."""
+@pytest.mark.parametrize("network, fixture", [("vgg-16", "vgg16_narrow"),
+                                              ("resnet-50", "resnet50_narrow")])
+def test_a_model_of_sagemakers_algorithm_in_the_model_channel_trains_on(
+        pictures, tmp_path, absl_lines, network, fixture):
+    """Incremental training across frameworks, as AWS's incremental training notebook sends it:
+    SageMaker's MXNet model.tar.gz (a narrow network made by MXNet, tests/fixtures/sagemaker) in
+    the model channel, the job's base_network the name it was trained under, imported and then
+    trained from (in this process). The ResNet-50 fixture was made at image_shape 128; the job
+    trains it at 300, as the algorithm allows."""
     from tfssd.data.sagemaker_channels import ChannelError
     from tfssd.training import sagemaker_job
 
     root = tmp_path / "opt" / "ml"
-    hyperparameters = {**HYPERPARAMETERS, "num_training_samples": 8, "image_shape": 300}
+    hyperparameters = {**HYPERPARAMETERS, "num_training_samples": 8, "image_shape": 300,
+                       "base_network": network}
     sm.make_job(str(root), hyperparameters, {
         "train": IMAGES, "train_annotation": JSON,
         "model": {"ContentType": "application/x-sagemaker-model"}})
@@ -235,14 +241,19 @@ def test_a_model_of_sagemakers_algorithm_in_the_model_channel_trains_on(pictures
     os.makedirs(root / "input/data/model")
     with tarfile.open(root / "input/data/model/model.tar.gz", "w:gz") as tar:
         for name in ("model_algo_1-symbol.json", "model_algo_1-0000.params", "hyperparams.json"):
-            tar.add(os.path.join(FIXTURE, name), arcname=name)
+            tar.add(os.path.join(FIXTURES, fixture, name), arcname=name)
     environ = {"TFSSD_SAGEMAKER_ROOT": str(root)}
 
-    with pytest.raises(ChannelError, match="set the hyperparameter "
-                                           "base_network=sagemaker-vgg-16 to train it on"):
-        sagemaker_job.run({}, environ)  # the job still says vgg-16: tfssd's network
-    result = sagemaker_job.run({"base_network": "sagemaker-vgg-16"}, environ)
+    other = "resnet-50" if network == "vgg-16" else "vgg-16"
+    with pytest.raises(ChannelError, match=f"holds a {network} model of SageMaker's algorithm, "
+                                           f"but the job has base_network={other}; set "
+                                           f"base_network={network}"):
+        sagemaker_job.run({"base_network": other}, environ)
+    result = sagemaker_job.run({}, environ)
     assert result.global_step == 2 and result.export_path == str(root / "model" / "1")
     log = "\n".join(absl_lines)
-    assert "SageMaker's sagemaker-vgg-16 model imported" in log
+    assert (f"SageMaker's {network} model imported" in log
+            and f"as sagemaker-{network} (SageMaker's MXNet network" in log)
     assert "Initialised the network from" in log
+    run_file = json.loads((root / "model" / "checkpoints" / "tfssd_run.json").read_text())
+    assert (run_file["base_network"], run_file["image_size"]) == (f"sagemaker-{network}", 300)

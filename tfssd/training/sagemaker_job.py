@@ -24,12 +24,13 @@ from tfssd.config.options import check_options
 from tfssd.config.run_config import BEST_DIR, RUN_FILE
 from tfssd.data import sagemaker_channels
 from tfssd.data.sagemaker_channels import ChannelError
-from tfssd.training import stop_signal
+from tfssd.training import distribution, stop_signal
 
 INPUT_DATA_CONFIG = "inputdataconfig.json"
 DATA_CHANNELS = ("train", "validation")
 MODEL_CHANNEL = "model"
 SAGEMAKER_SYMBOL = "model_algo_1-symbol.json"  # in a model.tar.gz of SageMaker's algorithm
+SAGEMAKER_PREFIX = "sagemaker-"  # tfssd's name of SageMaker's networks: sagemaker-vgg-16
 
 
 def is_sagemaker_job(environ: Mapping[str, str] = os.environ) -> bool:
@@ -60,16 +61,22 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
         raise ChannelError(f"{paths.config_file(INPUT_DATA_CONFIG)} has no 'train' channel "
                            f"(it has {', '.join(channels) or 'none'})")
     values, options = factory.resolve(given, environ, check_files=False)
-    options = dict(options)
+    values, options = dict(values), dict(options)
+    distribution.check_hosts(values["kv_store"], environ)  # before any channel is read
     records_dir = os.path.join(paths.work_dir, "records")
-    read = {name: sagemaker_channels.read_channel(paths, channels[name], channels,
-                                                  os.path.join(records_dir, name))
+    # The training channel in Pipe mode is streamed (nothing staged); dist_async's workers
+    # cannot run a Python generator of the chief's, so there it is converted like the others.
+    read = {name: sagemaker_channels.read_channel(
+                paths, channels[name], channels, os.path.join(records_dir, name),
+                stream=name == "train" and values["kv_store"] != "dist_async")
             for name in DATA_CHANNELS if name in channels and name not in given}
     names = _class_names(read, values["num_classes"])
     for name, data in read.items():
-        options[name] = list(_records(name, data, channels[name], records_dir, names, values))
+        options[name] = list(_records(name, data, channels[name], paths, names, values))
+    if any(data.streamed for data in read.values()) and options["input_format"] == "auto":
+        options["input_format"] = "tfssd"  # what the stream converts to (odapi: say so)
     if "init_from" not in given:
-        options["init_from"] = model_channel(
+        options["init_from"], values["base_network"] = model_channel(
             environ.get("SM_CHANNEL_MODEL") or paths.channel_dir(MODEL_CHANNEL), paths.work_dir,
             values["base_network"])
     errors = check_options(values, options)
@@ -77,7 +84,12 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
         raise HyperparameterError(errors)
     from tfssd.training import launch
 
-    result = launch.run(values, options)
+    try:
+        result = launch.run(values, options, export_on_stop=True)
+    except stop_signal.Preempted as stopped:  # a stopped or timed-out job keeps /opt/ml/model
+        if stopped.export_path:
+            keep_weights_with_model(options["model_dir"], options["export_dir"])
+        raise
     if result is not None and result.export_path:
         keep_weights_with_model(options["model_dir"], options["export_dir"])
         report = os.path.join(options["model_dir"], "report")
@@ -88,15 +100,34 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
 
 
 def _records(name: str, data: sagemaker_channels.ChannelData,
-             channel: sagemaker_container.Channel, records_dir: str, class_names: list[str],
-             values) -> tuple[str, ...]:
-    """The TFRecord files of channel ``name``: its own, or what its items convert to."""
+             channel: sagemaker_container.Channel, paths: sagemaker_container.ContainerPaths,
+             class_names: list[str], values) -> tuple[str, ...]:
+    """The training "files" of channel ``name``: its own TFRecords, what its items convert to
+    (in the work dir), or for a streamed Pipe-mode channel its ``PipeStream`` description."""
+    if data.detected:
+        logging.info("Channel %s has no ContentType; its data reads as %s.", name, data.detected)
+    if data.skipped_files:
+        logging.info("Channel %s: im2rec's side files skipped (not records): %s.", name,
+                     ", ".join(os.path.basename(f) for f in data.skipped_files))
     if data.tfrecord_files:
         logging.info("Channel %s: %d TFRecord files (%s mode), used as they are.", name,
                      len(data.tfrecord_files), channel.input_mode)
         return data.tfrecord_files
     from tfssd.data import conversion  # TensorFlow: only once the values are known to be good
 
+    if data.streamed:
+        folder = os.path.join(paths.work_dir, "stream", name)
+        stream = sagemaker_channels.PipeStream(
+            channel=name, format=data.format, pipe_prefix=paths.channel_dir(name),
+            class_names=tuple(class_names), label_width=values["label_width"],
+            epochs=values["epochs"], num_training_samples=values["num_training_samples"])
+        description = stream.save(folder)
+        conversion.write_class_map(os.path.join(folder, conversion.CLASS_MAP_NAME), class_names)
+        logging.info("Channel %s: Pipe mode, streamed (%s): pass k is read from %s as training "
+                     "reaches it, each image converted in memory; nothing is staged on the "
+                     "volume.", name, data.format, stream.pipe_prefix + "_<k>")
+        return (description,)
+    records_dir = os.path.join(paths.work_dir, "records")
     output_dir = os.path.join(records_dir, name)
     shutil.rmtree(output_dir, ignore_errors=True)  # an earlier attempt's, never half reused
     logging.info("Channel %s: %d images (%s, %s mode), converting to TFRecords in %s.", name,
@@ -128,15 +159,18 @@ def _class_names(read: Mapping[str, sagemaker_channels.ChannelData],
     return [names.get(i, str(i)) for i in range(num_classes)]
 
 
-def model_channel(folder: str, work_dir: str, base_network: str) -> str | None:
-    """The tfssd model directory the ``model`` channel's ``folder`` holds, None without one.
+def model_channel(folder: str, work_dir: str, base_network: str) -> tuple[str | None, str]:
+    """(the tfssd model directory the ``model`` channel's ``folder`` holds, None without one;
+    the base_network to train it on).
 
     A model.tar.gz there (as SageMaker passes an earlier job's artifact) is extracted into
     ``work_dir`` first; a model of SageMaker's MXNet algorithm is imported
-    (deploy/sagemaker_import.py) and trains on as ``sagemaker-<its network>``.
+    (deploy/sagemaker_import.py) and trains on as ``sagemaker-<its network>``, the job's
+    ``base_network`` naming its network as the user trained it (``vgg-16``) or as tfssd names it
+    (``sagemaker-vgg-16``).
     """
     if not os.path.isdir(folder):
-        return None
+        return None, base_network
     root = folder
     archives = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names
                 if n.endswith((".tar.gz", ".tgz", ".tar"))]
@@ -152,7 +186,7 @@ def model_channel(folder: str, work_dir: str, base_network: str) -> str | None:
     found = sorted(d for d, _, names in os.walk(root) if RUN_FILE in names)
     if found:
         logging.info("Channel model: incremental training from %s.", found[0])
-        return found[0]
+        return found[0], base_network
     sagemaker = sorted(d for d, _, names in os.walk(root) if SAGEMAKER_SYMBOL in names)
     if sagemaker:
         return _import_sagemaker_model(sagemaker[0], work_dir, base_network)
@@ -160,8 +194,9 @@ def model_channel(folder: str, work_dir: str, base_network: str) -> str | None:
                        "its folders or in a model.tar.gz there)")
 
 
-def _import_sagemaker_model(source: str, work_dir: str, base_network: str) -> str:
-    """A model of SageMaker's MXNet algorithm as a tfssd model directory (its network checked)."""
+def _import_sagemaker_model(source: str, work_dir: str, base_network: str) -> tuple[str, str]:
+    """A model of SageMaker's MXNet algorithm as a tfssd model directory (its network checked),
+    and the network it trains on as."""
     from tfssd.deploy import sagemaker_import
 
     output = os.path.join(work_dir, "imported_model")
@@ -170,15 +205,16 @@ def _import_sagemaker_model(source: str, work_dir: str, base_network: str) -> st
         imported = sagemaker_import.import_sagemaker_model(source, output)
     except sagemaker_import.SageMakerImportError as e:
         raise ChannelError(f"channel 'model': {e}") from None
-    if imported.base_network != base_network:
+    trained_as = imported.base_network.removeprefix(SAGEMAKER_PREFIX)
+    if base_network not in (trained_as, imported.base_network):
         raise ChannelError(
-            f"channel 'model' holds a model of SageMaker's algorithm, network "
-            f"{imported.base_network} (SageMaker's MXNet network, layer for layer); set the "
-            f"hyperparameter base_network={imported.base_network} to train it on (now "
-            f"{base_network})")
+            f"channel 'model' holds a {trained_as} model of SageMaker's algorithm, but the job "
+            f"has base_network={base_network}; set base_network={trained_as} (the network it "
+            "was trained with) to train it on")
     logging.info("Channel model: SageMaker's %s model imported into %s; incremental training "
-                 "from it.", imported.base_network, output)
-    return output
+                 "from it, as %s (SageMaker's MXNet network, layer for layer).", trained_as,
+                 output, imported.base_network)
+    return output, imported.base_network
 
 
 def keep_weights_with_model(model_dir: str, export_dir: str) -> None:

@@ -29,12 +29,13 @@ def geometry(model: ModelConfig) -> dict:
     return {key: getattr(model, key) for key in GEOMETRY_KEYS}
 
 
-def geometry_differences(run_dir: str, expected: dict) -> str:
-    """'' when the run in ``run_dir`` has the ``expected`` geometry, else what differs."""
+def geometry_differences(run_dir: str, expected: dict, keys=GEOMETRY_KEYS) -> str:
+    """'' when the run in ``run_dir`` has the ``expected`` geometry (``keys`` of it), else what
+    differs."""
     with open(os.path.join(run_dir, RUN_FILE), encoding="utf-8") as f:
         recorded = json.load(f)
     return ", ".join(f"{k}: {recorded.get(k)} there, {expected[k]} now"
-                     for k in GEOMETRY_KEYS if recorded.get(k) != expected[k])
+                     for k in keys if recorded.get(k) != expected[k])
 
 
 def check_run_file(model_dir: str, expected: dict, class_names: list[str], write: bool) -> None:
@@ -56,7 +57,9 @@ def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
     """The checkpoint --init_from names: the earlier run's best weights, else its latest.
 
     Accepts a tfssd model directory, or a folder holding one as ``checkpoints/`` (the layout of
-    a SageMaker model artifact from tfssd).
+    a SageMaker model artifact from tfssd). The image size may differ, as in SageMaker's
+    algorithm: convolution weights do not depend on it, and a network that gains or loses
+    layers with it (tfssd's own add extra layers down to 1x1) is refused when its weights load.
     """
     if not source:
         return None
@@ -64,11 +67,12 @@ def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
     if run_dir is None:
         raise TrainingError(f"--init_from={source}: not a tfssd model directory (no "
                             f"{RUN_FILE} in it or in its checkpoints/)")
-    different = geometry_differences(run_dir, expected)
+    different = geometry_differences(run_dir, expected,
+                                     [k for k in GEOMETRY_KEYS if k != "image_size"])
     if different:
         raise TrainingError(f"--init_from={source} was trained with another network "
                             f"({different}); incremental training needs the same "
-                            "base_network, num_classes, image_shape and width_multiplier")
+                            "base_network, num_classes and width_multiplier")
     checkpoint = best_checkpoint(run_dir)
     if checkpoint is None:
         raise TrainingError(f"--init_from={source}: no checkpoint in {run_dir}")
@@ -88,10 +92,15 @@ class RunState:
             self.best_map = variable(-1.0, tf.float32, None)
             self.best_epoch = variable(0, tf.int64, None)
             self.bad_epochs = variable(0, tf.int64, None)
+            # The last epoch whose validation is in the record: the epoch's checkpoint is
+            # written before its validation, so a run resumed at an epoch's end whose
+            # validation did not finish validates it first.
+            self.validated_epoch = variable(0, tf.int64, None)
 
     @property
     def variables(self) -> list[tf.Variable]:
-        return [self.global_step, self.run_seed, self.best_map, self.best_epoch, self.bad_epochs]
+        return [self.global_step, self.run_seed, self.best_map, self.best_epoch, self.bad_epochs,
+                self.validated_epoch]
 
     @property
     def step(self) -> int:
@@ -116,10 +125,19 @@ class RunState:
             early.epochs_without_improvement = int(self.bad_epochs.numpy())
         return early
 
-    def record(self, early: EarlyStopping) -> None:
+    def record(self, early: EarlyStopping, epoch: int) -> None:
+        """Records the rule's state after the validation of ``epoch``."""
         self.best_map.assign(early.best)
         self.best_epoch.assign(early.best_epoch)
         self.bad_epochs.assign(early.epochs_without_improvement)
+        self.validated_epoch.assign(epoch)
+
+    def validation_pending(self, steps_per_epoch: int) -> int | None:
+        """The epoch at whose end the run stands without its validation recorded, else None."""
+        epoch, within = divmod(self.step, steps_per_epoch)
+        if within == 0 and epoch > int(self.validated_epoch.numpy()):
+            return epoch
+        return None
 
 
 class Checkpoints:
@@ -132,6 +150,7 @@ class Checkpoints:
         scale and step counter are saved beside it (and restored only where both have them, so
         that a run resumes under any precision)."""
         self.model = model
+        self.state = state
         required = dict(
             model=model, optimizer=optimizer, global_step=state.global_step,
             run_seed=state.run_seed, best_map=state.best_map, best_epoch=state.best_epoch,
@@ -140,8 +159,11 @@ class Checkpoints:
         self._loss_scale = None if loss_scale is None else tf.train.Checkpoint(
             loss_scale=tf.train.Checkpoint(scale=loss_scale.dynamic_scale,
                                            steps=loss_scale.step_counter))
-        self.checkpoint = tf.train.Checkpoint(**required, **(
-            {} if loss_scale is None else {"loss_scale": self._loss_scale.loss_scale}))
+        # validated_epoch, newer than the rest, is restored where a checkpoint has it (from an
+        # older one, the resumed run validates its last epoch again).
+        self.checkpoint = tf.train.Checkpoint(
+            **required, validated_epoch=state.validated_epoch,
+            **({} if loss_scale is None else {"loss_scale": self._loss_scale.loss_scale}))
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                   max_to_keep=max_to_keep)
         self.best_manager = tf.train.CheckpointManager(
@@ -155,8 +177,8 @@ class Checkpoints:
     def best(self) -> str | None:
         return self.best_manager.latest_checkpoint
 
-    def save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
+    def save(self, step: int) -> str:
+        return self.manager.save(checkpoint_number=step)
 
     def save_best(self, step: int) -> None:
         self.best_manager.save(checkpoint_number=step)
@@ -167,6 +189,8 @@ class Checkpoints:
         status = self._required.restore(path)
         status.assert_existing_objects_matched()
         status.expect_partial()  # a mixed_float16 checkpoint's loss scale, restored below
+        tf.train.Checkpoint(validated_epoch=self.state.validated_epoch).restore(
+            path).expect_partial()
         if self._loss_scale is not None:
             self._loss_scale.restore(path).expect_partial()
 
