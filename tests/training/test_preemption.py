@@ -4,6 +4,8 @@ model, SIGTERM during validation and on every worker of a dist_sync cluster, the
 
 import json
 import os
+import re
+import signal
 
 import pytest
 
@@ -54,3 +56,75 @@ def test_several_hosts_without_kv_store_are_refused_naming_it(tmp_path):
         distribution.resolve_cluster(None, environ)
     assert "kv_store=dist_sync" in str(refused.value)
     assert distribution.resolve_cluster("dist_sync", environ)[0].num_workers == 2
+
+
+# -- a SageMaker job stopped during validation, then the next job ------------------------------
+
+MAP_LINE = re.compile(r"#quality_metric: host=(\S+), epoch=(\d+), validation mAP <score>=\((\S+)\)")
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_then_the_next_job_and_its_final_metric_line(
+        shapes_voc, tmp_path, monkeypatch, absl_lines):
+    """The epoch's checkpoint is written before validation, so a SIGTERM (a real one, sent by
+    the process to itself after validation's first batch) stops the job at once with nothing
+    lost; the stopped job leaves a SavedModel in /opt/ml/model. The next job validates that
+    epoch first, trains on, and its last validation:mAP line is the exported model's."""
+    from tfssd import api
+    from tfssd.evaluation import validation
+    from tfssd.training import sagemaker_job, stop_signal
+
+    pictures = {split: sm.voc_pictures(shapes_voc, split) for split in ("train", "val")}
+    root, environ = _job(tmp_path)
+    monkeypatch.setenv("TFSSD_SAGEMAKER_ROOT", str(root))  # where the metric lines' host is
+    for name in ("SM_HOSTS", "SM_CURRENT_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    sm.make_job(str(root), {"num_classes": 3, "num_training_samples": 8, "mini_batch_size": 4,
+                            "epochs": 2, "use_pretrained_model": 0, "width_multiplier": 0.0625,
+                            "log_every_steps": 1, "seed": 5},
+                {"train": {"ContentType": "image/jpeg"},
+                 "train_annotation": {"ContentType": "application/json"},
+                 "validation": {"ContentType": "image/jpeg"},
+                 "validation_annotation": {"ContentType": "application/json"}})
+    for channel, split in (("train", "train"), ("validation", "val")):
+        sm.write_image_json(pictures[split][:8], str(root / "input/data" / channel),
+                            str(root / "input/data" / f"{channel}_annotation"))
+    checkpoints = tmp_path / "spot-checkpoints"  # checkpointconfig.json's LocalPath
+    (root / "input/config/checkpointconfig.json").write_text(json.dumps(
+        {"LocalPath": str(checkpoints), "S3Uri": "s3://bucket/checkpoints"}))
+
+    draw = validation.Validator._draw
+    calls = []
+
+    def sigterm_after_the_first_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return draw(self, *args)
+
+    monkeypatch.setattr(validation.Validator, "_draw", sigterm_after_the_first_batch)
+    with pytest.raises(stop_signal.Preempted) as stopped:
+        sagemaker_job.run({}, environ)
+    log = "\n".join(absl_lines)
+    assert "SIGTERM during the validation of epoch 1: its checkpoint (step 2)" in log
+    assert stopped.value.step == 2 and (checkpoints / "ckpt-2.index").is_file()
+    assert not MAP_LINE.search(log)  # the validation did not finish
+    assert stopped.value.export_path == str(root / "model" / "1")
+    assert (root / "model" / "1" / "saved_model.pb").is_file()  # a stopped job's model
+    assert (root / "model" / "checkpoints" / "tfssd_run.json").is_file()
+    assert "a deployable model" in log
+
+    monkeypatch.setattr(validation.Validator, "_draw", draw)
+    absl_lines.clear()
+    result = sagemaker_job.run({}, environ)
+    log = "\n".join(absl_lines)
+    assert "The checkpoint of epoch 1 was written before its validation" in log
+    lines = MAP_LINE.findall(log)
+    assert [epoch for _, epoch, _ in lines[:2]] == ["0", "1"] and len(lines) == 3
+    assert {host for host, _, _ in lines} == {"algo-1"}  # resourceconfig.json's current_host
+    host, epoch, final = lines[-1]
+    assert int(epoch) == result.best_epoch - 1 and result.export_path == str(root / "model" / "2")
+    # The last line is the exported model's mAP: evaluated here as a deployment sees it.
+    records = sorted(str(p) for p in (root / "tfssd-work").rglob("validation*.tfrecord"))
+    exported = api.evaluate(result.export_path, records, batch_size=8).voc.mean_ap
+    assert float(final) == pytest.approx(exported, abs=1e-4), log

@@ -1,16 +1,18 @@
 """The outer training loop: decides when to run steps, log, checkpoint, validate and stop.
 
 It runs no step itself (a runner of runners.py does, for any strategy), reads no data and knows
-no distribution mode. Every epoch ends with validation (when there is validation data), the
-early-stopping rule and a checkpoint; ``--checkpoint_every_steps`` adds checkpoints within an
-epoch. Losses are checked for finiteness before any checkpoint is written. A stop request
-(SIGTERM, stop_signal.py) is answered after the step in flight: a checkpoint, then ``Preempted``.
+no distribution mode. Every epoch ends with a checkpoint, then validation (when there is
+validation data) and the early-stopping rule; ``--checkpoint_every_steps`` adds checkpoints
+within an epoch. The checkpoint comes first because validation can be long: a SIGTERM during it
+stops the run at once with nothing lost, and the next run validates that epoch before it trains
+on (``RunState.validated_epoch`` says which epochs were). Losses are checked for finiteness
+before any checkpoint is written. A stop request (SIGTERM, stop_signal.py) is answered after the
+step in flight: a checkpoint, then ``Preempted``.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 
@@ -19,7 +21,7 @@ from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 from tfssd.training.reporting import Reporter
 from tfssd.training.state import Checkpoints, RunState
-from tfssd.training.stop_signal import Preempted
+from tfssd.training.stop_signal import Interrupted, LocalStop, Preempted
 
 MAX_CONSECUTIVE_SKIPS = 50  # loss scaling halves its scale each time: 50 is far past recovery
 
@@ -28,8 +30,7 @@ class Controller:
     """Trains from the run's current step to the end or to an early stop."""
 
     def __init__(self, config: Config, runner, state: RunState, checkpoints: Checkpoints,
-                 reporter: Reporter, evaluate: Callable | None,
-                 stop_requested: threading.Event | None = None):
+                 reporter: Reporter, evaluate: Callable | None, stop: LocalStop | None = None):
         self.config = config
         self.runner = runner
         self.state = state
@@ -37,7 +38,7 @@ class Controller:
         self.reporter = reporter
         self.evaluate = evaluate  # () -> (EvaluationResult, images by name); None: no validation
         self.consecutive_skips = 0
-        self.stop_requested = stop_requested or threading.Event()
+        self.stop = stop or LocalStop()  # not entered: no signal handler, never requested
 
     def run(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
         """Returns (the step reached, whether early stopping ended the run)."""
@@ -68,39 +69,50 @@ class Controller:
                     return step, True
             elif checkpoint_due:
                 self.checkpoints.save(step)
-            if self.stop_requested.is_set():
-                self._stop(step)
+            self.stop.after_step(step, self._save_for_stop)
         self.runner.join()
         return step, False
 
-    def _stop(self, step: int) -> None:
-        """Saves a checkpoint at ``step`` (its losses checked first) and ends the run."""
+    def _save_for_stop(self, step: int) -> str | None:
+        """Saves a checkpoint at ``step`` (its losses checked first) before the run stops."""
         self.runner.join()
         self._check_finite(self.runner.collect(due=True), step)
         if self.checkpoints.latest is None or not self.checkpoints.latest.endswith(f"-{step}"):
             self.checkpoints.save(step)
         self.reporter.log(f"SIGTERM: checkpoint saved at step {step}; stopping.")
-        raise Preempted(step, self.checkpoints.latest)
+        return self.checkpoints.latest
 
     def _end_epoch(self, epoch: int, step: int, early: EarlyStopping) -> bool:
-        """Validation, early stopping and the epoch's checkpoint; True when training stops."""
-        stop = False
-        if self.evaluate:
-            result, images = self.evaluate()
-            self.reporter.validation(result, images, epoch, step)
-            if early.best is None or result.mean_ap > early.best:
-                self.checkpoints.save_best(step)
-            should_stop = early.update(epoch, result.mean_ap)
-            self.state.record(early)
-            rule = self.config.early_stopping
-            if rule.enabled and should_stop and step < self.config.train.total_steps:
-                stop = True
-                self.reporter.log(
-                    f"Early stopping after epoch {epoch}: no improvement of validation mAP by "
-                    f"more than {rule.tolerance} for {early.epochs_without_improvement} epochs "
-                    f"(best {early.best:.4f} at epoch {early.best_epoch}).")
+        """The epoch's checkpoint, then validation and early stopping; True when training stops."""
         self.checkpoints.save(step)
-        return stop
+        return self.validate(epoch, step, early)
+
+    def validate(self, epoch: int, step: int, early: EarlyStopping) -> bool:
+        """Validation of epoch ``epoch`` (ending at ``step``, whose checkpoint is written) and the
+        early-stopping rule; True when training stops. A SIGTERM meanwhile raises Preempted."""
+        if not self.evaluate:
+            return False
+        try:
+            with self.stop.interruptible():
+                result, images = self.evaluate()
+        except Interrupted:
+            self.reporter.log(
+                f"SIGTERM during the validation of epoch {epoch}: its checkpoint (step {step}) "
+                f"was written before it; stopping. The next run validates epoch {epoch} first.")
+            raise Preempted(step, self.checkpoints.latest) from None
+        self.reporter.validation(result, images, epoch, step)
+        if early.best is None or result.mean_ap > early.best:
+            self.checkpoints.save_best(step)
+        should_stop = early.update(epoch, result.mean_ap)
+        self.state.record(early, epoch)  # in the next checkpoint; until then, validated again
+        rule = self.config.early_stopping
+        if rule.enabled and should_stop and step < self.config.train.total_steps:
+            self.reporter.log(
+                f"Early stopping after epoch {epoch}: no improvement of validation mAP by "
+                f"more than {rule.tolerance} for {early.epochs_without_improvement} epochs "
+                f"(best {early.best:.4f} at epoch {early.best_epoch}).")
+            return True
+        return False
 
     def _check_finite(self, losses: list[tuple[float, float, float]], last_step: int) -> None:
         """A non-finite loss stops the run, except on a step loss scaling skipped (counted)."""

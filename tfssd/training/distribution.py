@@ -92,20 +92,32 @@ def sagemaker_tf_configs(hosts: list[str], current: str, kv_store: str,
     return [main, *children]
 
 
+def check_hosts(kv_store: str | None, environ: Mapping[str, str] = os.environ
+                ) -> tuple[list[str], str] | None:
+    """SageMaker's (hosts, this host), else None; several hosts need a kv_store.
+
+    Raises:
+      ClusterConfigError: several SageMaker hosts and no kv_store (each would train alone and
+        all would write the model).
+    """
+    found = sagemaker_container.hosts(environ)
+    if found and len(found[0]) > 1 and not kv_store:
+        raise ClusterConfigError(
+            f"kv_store is not set but the job runs on {len(found[0])} hosts "
+            f"({', '.join(found[0][:4])}{', ...' if len(found[0]) > 4 else ''}): each would "
+            "train alone and all would write the model. Set the hyperparameter "
+            "kv_store=dist_sync (one model, a global batch of mini_batch_size per host) or "
+            "kv_store=dist_async, or run the job on one instance.")
+    return found
+
+
 def resolve_cluster(kv_store: str | None, environ: Mapping[str, str] = os.environ
                     ) -> tuple[Cluster, list[dict]]:
     """This process's role, and the TF_CONFIGs of child processes it must start (SageMaker)."""
     children: list[dict] = []
     tf_config = json.loads(environ["TF_CONFIG"]) if environ.get("TF_CONFIG") else None
     if tf_config is None:
-        found = sagemaker_container.hosts(environ)
-        if found and len(found[0]) > 1 and not kv_store:
-            raise ClusterConfigError(
-                f"kv_store is not set but the job runs on {len(found[0])} hosts "
-                f"({', '.join(found[0][:4])}{', ...' if len(found[0]) > 4 else ''}): each would "
-                "train alone and all would write the model. Set the hyperparameter "
-                "kv_store=dist_sync (one model, a global batch of mini_batch_size per host) or "
-                "kv_store=dist_async, or run the job on one instance.")
+        found = check_hosts(kv_store, environ)
         if found and len(found[0]) > 1:
             main, *children = sagemaker_tf_configs(*found, kv_store)
             if main is None:  # a dist_async host that only runs its worker and ps children

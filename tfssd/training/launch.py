@@ -17,8 +17,11 @@ from tfssd.config.hyperparameters import schedule_notes
 from tfssd.training import distribution
 
 
-def run(values: Mapping[str, Any], options: Mapping[str, Any]):
+def run(values: Mapping[str, Any], options: Mapping[str, Any], export_on_stop: bool = False):
     """Runs this process's part; returns the TrainingResult of a training process, else None.
+
+    ``export_on_stop``: a run that SIGTERM stops exports its best weights after its checkpoint
+    (a SageMaker job: its /opt/ml/model is kept when it is stopped or times out).
 
     Raises:
       distribution.ClusterConfigError: TF_CONFIG or SageMaker's hosts make no usable cluster.
@@ -33,13 +36,13 @@ def run(values: Mapping[str, Any], options: Mapping[str, Any]):
         if cluster.is_server:
             distribution.serve(cluster)
             return None
-        return _train(values, options, cluster)
+        return _train(values, options, cluster, export_on_stop)
     finally:
         for process in servers:
             process.terminate()
 
 
-def _train(values, options, cluster):
+def _train(values, options, cluster, export_on_stop):
     from tfssd.training.trainer import train
 
     strategy = distribution.build_strategy(cluster, values["mini_batch_size"])
@@ -50,4 +53,4 @@ def _train(values, options, cluster):
             logging.info("%s", note)
     config = factory.build_config(values, options, num_workers=cluster.num_workers,
                                   precision=policy)
-    return train(config, strategy, cluster)
+    return train(config, strategy, cluster, export_on_stop)

@@ -121,3 +121,12 @@ class Reporter:
             for name, ap in zip(self.class_names, result.ap):
                 if not np.isnan(ap):
                     tf.summary.scalar(f"AP/{name}", ap)
+
+    def exported_validation(self, mean_ap: float, epoch: int, how: str) -> None:
+        """The validation:mAP line of the exported model, after every epoch's: SageMaker's
+        tuning reads a job's last value, which is then the deployed model's (``epoch``: the
+        epoch whose weights were exported, counted from 1; ``how``: where the figure comes
+        from)."""
+        self.log(f"validation mAP of the exported model (the weights of epoch {epoch}): "
+                 f"{mean_ap:.4f} ({how}).")
+        self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, mean_ap))

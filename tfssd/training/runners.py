@@ -14,8 +14,8 @@ One runner per distribution mode, so that the outer loop (controller.py) has no 
 All take a ``build_dataset(input_context, seed, start_sample)`` function that makes one input
 pipeline's batches, and a ``translate`` function that turns a bad-data error into a clear one.
 What else differs between the modes (the banner, where a resumed run's data stands, the start-up
-broadcast, the final digest, what a lost peer means) is theirs too, so the trainer has no mode
-branches.
+broadcast, the final digest, what a lost peer means, how SIGTERM stops the run) is theirs too,
+so the trainer has no mode branches.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tfssd.model.losses import multibox_loss
-from tfssd.training import errors, state
+from tfssd.model.losses import loss_normalisation, multibox_loss
+from tfssd.training import errors, state, stop_signal
 from tfssd.training.distribution import Cluster
 from tfssd.training.errors import DATA_ERRORS
 from tfssd.training.optimization import add_weight_decay, is_decayed
@@ -41,8 +41,9 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     weight_decay: float, reduce: bool):
     """A ``tf.function`` (distributed iterator) -> (cls_loss, box_loss, skipped) of one step.
 
-    The loss of the global batch is divided by its positives (at least 1), counted over all
-    replicas. ``reduce``: sum the replicas' losses (synchronous strategies); otherwise each
+    The loss sums of the global batch are divided by counts over all replicas (at least 1): the
+    positives, or for SageMaker's networks what its algorithm divides by (tfssd/model/losses.py).
+    ``reduce``: sum the replicas' losses (synchronous strategies); otherwise each
     worker returns its own (parameter-server training, one replica per worker). With a
     ``keras.optimizers.LossScaleOptimizer`` (mixed_float16) the loss is scaled, and a step whose
     gradients are not finite is skipped by the optimizer (which lowers the scale): ``skipped``
@@ -52,6 +53,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
     variables = model.trainable_variables
     decayed = [is_decayed(v) for v in variables]
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    normalisation = loss_normalisation(model)
 
     def replica_step(images, targets):
         context = tf.distribute.get_replica_context()
@@ -59,10 +61,10 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
             outputs = model(images, training=True)
             sums = multibox_loss(targets["cls_targets"], targets["box_targets"],
                                  outputs["cls_logits"], outputs["box_deltas"])
-            normaliser = tf.maximum(context.all_reduce(
-                tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.num_positives)), 1.0)
-            cls_loss = sums.cls_loss_sum / normaliser
-            box_loss = sums.box_loss_sum / normaliser
+            counts = tf.maximum(context.all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.stop_gradient(sums.counts(normalisation))), 1.0)
+            cls_loss = sums.cls_loss_sum / counts[0]
+            box_loss = sums.box_loss_sum / counts[1]
             loss = cls_loss + box_loss  # inside the tape, or it has no gradient
             if scaled:
                 loss = optimizer.scale_loss(loss)
@@ -155,6 +157,10 @@ class _Runner:
         """The error to raise for a step, checkpoint or validation that failed (a lost peer)."""
         return error
 
+    def stop_request(self) -> stop_signal.LocalStop:
+        """How SIGTERM stops this mode's run (a context manager): this process decides."""
+        return stop_signal.LocalStop()
+
 
 class SynchronousRunner(_Runner):
     """Runs each step as it is asked for, under a synchronous strategy."""
@@ -189,6 +195,10 @@ class MultiWorkerRunner(SynchronousRunner):
 
     def peer_lost(self, error: tf.errors.OpError, last_checkpoint: str | None) -> Exception:
         return errors.cluster_error(error, "sync", last_checkpoint)
+
+    def stop_request(self) -> stop_signal.ClusterStop:
+        """SIGTERM on any worker: every worker saves after the same step (TF's handler)."""
+        return stop_signal.ClusterStop(self.strategy.cluster_resolver)
 
 
 class ParameterServerRunner(_Runner):

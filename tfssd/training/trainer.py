@@ -1,15 +1,18 @@
 """A training run put together: data, network, optimizer, state, runner, validation, export.
 
 ``Trainer`` builds the parts for one process of a cluster and hands them to the controller;
-at the end it exports the checkpoint with the best validation mAP (or the final weights). Under
-dist_sync every worker runs it on its part of each global batch; the chief writes the model
-directory, the others a scratch directory, and after start-up every worker takes the chief's
-state. Under dist_async the chief runs it, scheduling the steps on the workers.
+at the end it exports the checkpoint with the best validation mAP (or the final weights) and
+logs one last validation:mAP line for the exported weights, so that the last such line (what
+SageMaker's tuning ranks a job by) is the deployed model's. Under dist_sync every worker runs it
+on its part of each global batch; the chief writes the model directory, the others a scratch
+directory, and after start-up every worker takes the chief's state. Under dist_async the chief
+runs it, scheduling the steps on the workers. A run that SIGTERM stops can export its best
+weights too (``export_on_stop``: a SageMaker job, whose /opt/ml/model is kept when it is
+stopped or runs out of time).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -69,8 +72,10 @@ class Trainer:
     worker saves, as MultiWorkerMirroredStrategy requires.
     """
 
-    def __init__(self, config: Config, strategy: tf.distribute.Strategy, cluster: Cluster):
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy, cluster: Cluster,
+                 export_on_stop: bool = False):
         self.config = config
+        self.export_on_stop = export_on_stop
         self.strategy = strategy
         self.cluster = cluster
         cfg = config.train
@@ -161,6 +166,8 @@ class Trainer:
 
     def _check_training_files(self) -> None:
         """Walks every record header once: a truncated file stops the run here, naming it."""
+        if pipeline.is_stream(self.config.data.train_files):
+            return  # a Pipe-mode channel: each pass is read once, as training reaches it
         try:
             records = sum(schema.count_records(path) for path in self.config.data.train_files)
         except (ValueError, OSError) as e:
@@ -238,60 +245,122 @@ class Trainer:
             f"seed {self.state.seed}.")
         if step == 0:
             self.reporter.hyperparameters()
-        # A run that early stopping ended is as finished as one that ran all its epochs.
-        stopped_before = (self.config.early_stopping.enabled and step % cfg.steps_per_epoch == 0
-                          and early.says_stop(step // cfg.steps_per_epoch))
-        if step >= cfg.total_steps or stopped_before:
-            self.reporter.log("The run in this model directory is complete"
-                              f"{' (stopped early)' if stopped_before else ''}; nothing to train.")
-        if stopped_before:
-            return self._finish(step, True, early, trained=False)
         first_step = step
-        # One process decides for the run: it can answer SIGTERM with a checkpoint. In a
-        # dist_sync cluster each worker would stop at its own step, so SIGTERM keeps its effect.
-        stop_handling = (stop_signal.sigterm_requests_stop() if self.cluster.num_workers == 1
-                         else contextlib.nullcontext(None))
+        evaluate = self.evaluate if self._validates() else None
         try:
-            with stop_handling as stop_requested:
+            # SIGTERM: a checkpoint after the step in flight (on every dist_sync worker at the
+            # same step), then Preempted; during validation, Preempted at once.
+            with self.runner.stop_request() as stop:
                 controller = Controller(self.config, self.runner, self.state, self.checkpoints,
-                                        self.reporter,
-                                        self.evaluate if self._validates() else None,
-                                        stop_requested)
-                self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
-                                  start_sample=step * cfg.global_batch_size)
-                step, stopped_early = controller.run(step, early)
+                                        self.reporter, evaluate, stop)
+                stopped_before = False
+                pending = evaluate and self.state.validation_pending(cfg.steps_per_epoch)
+                if pending:
+                    self.reporter.log(f"The checkpoint of epoch {pending} was written before its "
+                                      "validation, which did not finish: validating it first.")
+                    stopped_before = controller.validate(pending, step, early)
+                # A run that early stopping ended is as finished as one that ran all its epochs.
+                stopped_before = stopped_before or (
+                    self.config.early_stopping.enabled and step % cfg.steps_per_epoch == 0
+                    and early.says_stop(step // cfg.steps_per_epoch))
+                if step >= cfg.total_steps or stopped_before:
+                    self.reporter.log("The run in this model directory is complete"
+                                      f"{' (stopped early)' if stopped_before else ''}; nothing "
+                                      "to train.")
+                stopped_early = stopped_before
+                if not stopped_before:
+                    self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
+                                      start_sample=step * cfg.global_batch_size)
+                    step, stopped_early = controller.run(step, early)
         except errors.CLUSTER_ERRORS as e:  # a peer has gone (a step, a checkpoint, validation)
             failure = self.runner.peer_lost(e, tf.train.latest_checkpoint(cfg.model_dir))
             if failure is e:
                 raise
             raise failure from None
+        except stop_signal.Preempted as stopped:
+            self._stopped(stopped, early)
+            raise
         return self._finish(step, stopped_early, early, trained=step > first_step)
 
-    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping,
-                trained: bool = True) -> TrainingResult:
-        cfg = self.config.train
+    def _export(self, early: EarlyStopping) -> tuple[str, str, SSD]:
+        """Exports the best weights (else the current ones) from the chief: (the export's path,
+        what was exported in words, the network it served from)."""
+        cfg, model = self.config.train, self.config.model
         if self.checkpoints.best:
             self.checkpoints.load_weights(self.checkpoints.best)
             chosen = f"the best validation mAP ({early.best:.4f}, epoch {early.best_epoch})"
         else:
             chosen = "the final weights"
+        # The network was built in the training precision; the export computes in its own
+        # (float32 by default, whatever the run trained in), with the same weights.
+        policy = precision.export_policy(cfg.export_precision)
+        served = self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
+        export_path = export.export_saved_model(
+            served.model, self.ssd.anchors, cfg.resolved_export_dir,
+            image_size=model.image_size, class_names=self.class_names,
+            nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
+            max_detections=model.max_detections)
+        return export_path, chosen, served
+
+    def _report_exported(self, early: EarlyStopping, served: SSD | None,
+                         evaluate_again: bool = True) -> None:
+        """The last validation:mAP line: the exported weights' mAP (chief; with validation).
+
+        The export holds the best epoch's weights exactly; where it also computes as validation
+        did (the same precision) its mAP is that epoch's. A float32 export of a run trained in
+        mixed precision is evaluated again (``evaluate_again``; not on a stop, short of time).
+        """
+        if not (self.checkpoints.best and early.best_epoch):
+            return
+        cfg = self.config.train
+        if served is None:
+            self.reporter.exported_validation(early.best, early.best_epoch,
+                                              "the best epoch's validation, recorded")
+        elif served is self.ssd:
+            how = "the best epoch's validation; the export has exactly its weights and precision"
+            self.reporter.exported_validation(early.best, early.best_epoch, how)
+        elif evaluate_again:
+            validator = Validator(self.config, served.model, self.ssd.anchors, self.class_names,
+                                  self.input_format, self._data_error)
+            result, _ = validator.evaluate()
+            how = (f"evaluated again in the export's {cfg.export_precision}; the run validated "
+                   f"in {cfg.precision}: {early.best:.4f}")
+            self.reporter.exported_validation(result.mean_ap, early.best_epoch, how)
+        else:
+            how = (f"the best epoch's validation in {cfg.precision}; the export computes in "
+                   f"{cfg.export_precision}, not evaluated again")
+            self.reporter.exported_validation(early.best, early.best_epoch, how)
+
+    def _stopped(self, stopped: stop_signal.Preempted, early: EarlyStopping) -> None:
+        """After SIGTERM's checkpoint: with ``export_on_stop`` the chief exports the best weights,
+        so that a stopped or timed-out SageMaker job still leaves a deployable model (if SIGKILL
+        comes first, the checkpoint is there and a half-written export is never a version)."""
+        cfg = self.config.train
+        if self.export_on_stop and self.cluster.is_chief:
+            self.reporter.log(f"SIGTERM: exporting {'the best' if self.checkpoints.best else 'the'}"
+                              f" weights to {cfg.resolved_export_dir} before stopping, so that "
+                              "the stopped job leaves a deployable model.")
+            stopped.export_path, chosen, served = self._export(early)
+            self.reporter.log(f"SIGTERM: exported {chosen} to {stopped.export_path}; a job that "
+                              "resumes from the checkpoint exports again at its end.")
+            self._report_exported(early, served, evaluate_again=False)
+        if not self.cluster.is_chief:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+
+    def _finish(self, step: int, stopped_early: bool, early: EarlyStopping,
+                trained: bool = True) -> TrainingResult:
+        cfg = self.config.train
+        if self.checkpoints.best:  # every worker: their final digests are of the exported weights
+            self.checkpoints.load_weights(self.checkpoints.best)
         export_path = None
         exported = None if trained else _latest_export(cfg.resolved_export_dir)
         if self.cluster.is_chief and exported:  # the same command again on a finished run
             export_path = exported
             self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
                               "version written).")
+            self._report_exported(early, None)
         elif self.cluster.is_chief:
-            model = self.config.model
-            # The network was built in the training precision; the export computes in its own
-            # (float32 by default, whatever the run trained in), with the same weights.
-            policy = precision.export_policy(cfg.export_precision)
-            served = self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
-            export_path = export.export_saved_model(
-                served.model, self.ssd.anchors, cfg.resolved_export_dir,
-                image_size=model.image_size, class_names=self.class_names,
-                nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
-                max_detections=model.max_detections)
+            export_path, chosen, served = self._export(early)
             self.reporter.log(
                 f"Done: {step // cfg.steps_per_epoch} epochs ({step} steps)"
                 f"{', stopped early' if stopped_early else ''}. Exported {chosen} to "
@@ -299,6 +368,7 @@ class Trainer:
                 f"{cfg.model_dir} "
                 f"(tensorboard --logdir {cfg.model_dir}).")
             self._write_report(step // cfg.steps_per_epoch, early)
+            self._report_exported(early, served)
         self.runner.finish(self.model)
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -306,7 +376,6 @@ class Trainer:
                               best_map=early.best, best_epoch=early.best_epoch or None,
                               stopped_early=stopped_early, export_path=export_path,
                               model_dir=cfg.model_dir)
-
 
     def _write_report(self, last_epoch: int, early: EarlyStopping) -> None:
         """The evaluation report (evaluation/plots.py) into MODEL_DIR/report: of the exported
@@ -333,6 +402,11 @@ def _latest_export(export_base: str) -> str | None:
         return None
 
 
-def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster) -> TrainingResult:
-    """Trains (or resumes) the run that ``config`` describes; returns what it did."""
-    return Trainer(config, strategy, cluster).train()
+def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster,
+          export_on_stop: bool = False) -> TrainingResult:
+    """Trains (or resumes) the run that ``config`` describes; returns what it did.
+
+    ``export_on_stop``: when SIGTERM stops the run, also export its best weights (after the
+    checkpoint), as a SageMaker job does.
+    """
+    return Trainer(config, strategy, cluster, export_on_stop).train()
