@@ -1,14 +1,17 @@
-"""SageMaker channels: which format inputdataconfig.json describes, and an augmented manifest's
-records grouped into images (the job tests, tests/training/test_sagemaker_job.py, run them all
-through real FIFOs and files)."""
+"""SageMaker channels: which format inputdataconfig.json describes (or the data shows, without a
+ContentType), an augmented manifest's records grouped into images, im2rec's side files, and a
+Pipe-mode channel streamed pass after pass through real FIFOs (the job tests,
+tests/training/test_sagemaker_job.py and test_sagemaker_pipe.py, train through them)."""
 
 import io
 import json
+import os
 
 import pytest
 
+from tests import sagemaker_fixtures as sm
 from tests.data import format_writers
-from tfssd.config.sagemaker_container import Channel
+from tfssd.config.sagemaker_container import Channel, ContainerPaths
 from tfssd.data import mxnet_formats, sagemaker_channels
 from tfssd.data.sagemaker_channels import ChannelError
 
@@ -25,7 +28,7 @@ def _channels(**specs):
     ({"train": ("application/x-recordio", "Pipe", "RecordIO")}, "augmented_manifest"),
     ({"train": ("image/png", "File", "None"),
       "train_annotation": ("application/json", "File", "None")}, "image_json"),
-    ({"train": ("", "File", "None")}, "tfrecord"),
+    ({"train": ("", "File", "None")}, "detect"),
     ({"train": ("application/x-tfrecord", "Pipe", "None")}, "tfrecord"),
 ])
 def test_the_format_comes_from_content_type_and_wrapper(specs, expected):
@@ -82,3 +85,139 @@ def test_written_records_read_back_and_match_an_independent_writer():
     assert ours.getvalue() == theirs.getvalue()
     ours.seek(0)
     assert list(mxnet_formats.read_record_stream(ours, "x")) == [data]
+
+
+def _record(data):
+    out = io.BytesIO()
+    mxnet_formats.write_record(out, data)
+    return out.getvalue()
+
+
+def _im2rec(count, bad=()):
+    """``count`` im2rec records (image id = index), one box each; ids in ``bad`` hold a JPEG
+    cut short, which the bad-data policy skips."""
+    out = io.BytesIO()
+    for i in range(count):
+        image = JPEG[:40] if i in bad else JPEG
+        mxnet_formats.write_record(out, mxnet_formats.pack_image_record(
+            [2, 5, i % 2, 0.1, 0.2, 0.6, 0.7], i, image))
+    return out.getvalue()
+
+
+def _tfrecord_bytes(records):
+    import tensorflow as tf
+
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"tfssd-test-{os.getpid()}.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.remove(path)
+    return data
+
+
+def _job(tmp_path, specs, files=None):
+    """A container's data folder: ``files`` {relative path: bytes}; returns (paths, channels)."""
+    paths = ContainerPaths(str(tmp_path))
+    for relative, data in (files or {}).items():
+        path = os.path.join(paths.data_dir, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths, _channels(**specs)
+
+
+@pytest.mark.parametrize("files, annotations, expected", [
+    ({"train/part-0.rec": _im2rec(2), "train/part-0.idx": b"0\t0\n",
+      "train/part-0.lst": b"0\t2\t5\t0\t0.1\t0.1\t0.5\t0.5\ta.jpg\n"}, False, "recordio"),
+    ({"train/a.jpg": JPEG}, True, "image_json"),
+])
+def test_a_channel_without_content_type_is_read_by_its_data(files, annotations, expected,
+                                                            tmp_path):
+    specs = {"train": ("", "File", "None")}
+    if annotations:
+        specs["train_annotation"] = ("", "File", "None")
+    paths, channels = _job(tmp_path, specs, files)
+    fmt, _ = sagemaker_channels.detect_format(paths, channels["train"], channels)
+    assert fmt == expected
+
+
+def test_a_tfrecord_channel_without_content_type_is_used_as_it_is(tmp_path):
+    data = _tfrecord_bytes([b"one", b"two"])
+    paths, channels = _job(tmp_path, {"train": ("", "File", "None")},
+                           {"train/train-00000.tfrecord": data})
+    read = sagemaker_channels.read_channel(paths, channels["train"], channels, str(tmp_path))
+    assert read.format == "tfrecord" and "TFRecord framing" in read.detected
+    assert read.tfrecord_files == (os.path.join(paths.data_dir, "train", "train-00000.tfrecord"),)
+    assert list(sagemaker_channels.read_tfrecord_stream(io.BytesIO(data), "x")) == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"train/a.csv": b"file,label\na.jpg,0\n"}, "starts with bytes 66 69 6c 65"),
+    ({"train/a.json": b'{"source-ref": "s3://b/a.jpg"}\n'}, "holds JSON text"),
+    ({"train/a.jpg": JPEG}, "JPEG image, which needs the channel 'train_annotation'"),
+    ({"train/part-0.rec": _record(JPEG) + _record(b'{"annotations": []}')},
+     "an augmented manifest's records (a bare image first), which SageMaker streams in Pipe"),
+    ({"train/part-0.idx": b"0\t0\n"}, "only im2rec's side files"),
+])
+def test_data_that_is_no_format_tfssd_reads_is_refused_naming_the_channel(files, message,
+                                                                          tmp_path):
+    paths, channels = _job(tmp_path, {"train": ("", "File", "None")}, files)
+    with pytest.raises(ChannelError, match="channel 'train'") as raised:
+        sagemaker_channels.read_channel(paths, channels["train"], channels, str(tmp_path))
+    assert message in str(raised.value)
+    if "none of the formats" in str(raised.value):
+        assert "application/x-recordio" in str(raised.value)  # the content types it reads
+
+
+def test_im2rec_side_files_beside_the_rec_are_skipped(tmp_path):
+    paths, channels = _job(tmp_path, {"train": ("application/x-recordio", "File", "None")}, {
+        "train/part-0.rec": _im2rec(3), "train/part-0.idx": b"0\t0\n1\t40\n",
+        "train/sub/part-0.lst": b"0\t2\t5\t0\t0.1\t0.1\t0.5\t0.5\ta.jpg\n"})
+    read = sagemaker_channels.read_channel(paths, channels["train"], channels, str(tmp_path))
+    assert [i.name for i in read.items] == ["train#0", "train#1", "train#2"]
+    assert not any(i.error for i in read.items)
+    assert sorted(os.path.basename(f) for f in read.skipped_files) == ["part-0.idx",
+                                                                      "part-0.lst"]
+
+
+def test_a_pipe_without_content_type_is_detected_and_read_whole(tmp_path):
+    """detect_format reads the first bytes of train_0; the reader after it still gets them."""
+    paths, channels = _job(tmp_path, {"train": ("", "Pipe", "None")})
+    os.makedirs(paths.data_dir)
+    writer = sm.PipeWriter(paths.pipe("train"), _im2rec(4), timeout=60)
+    read = sagemaker_channels.read_channel(paths, channels["train"], channels, str(tmp_path))
+    writer.join(timeout=10)
+    assert read.format == "recordio" and [i.name for i in read.items] == [
+        f"train#{i}" for i in range(4)]
+
+
+def test_a_piped_channel_streams_pass_after_pass_under_the_bad_data_policy(tmp_path,
+                                                                          monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(sagemaker_channels.PipeStream, "CHUNK", 2)
+    prefix = str(tmp_path / "train")
+    data = _im2rec(5, bad={2})
+    writers = [sm.PipeWriter(f"{prefix}_{k}", data, timeout=60) for k in range(3)]
+    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.RECORDIO, prefix,
+                                           ("a", "b"), 350, epochs=2, num_training_samples=4)
+    reports = []
+    try:
+        # A resumed job: 1 image of pass 0 passed over, then 6 examples wanted.
+        examples = list(stream.examples(skip=1, limit=6, report=reports.append, workers=2))
+    finally:
+        os.remove(f"{prefix}_2")
+    for writer in writers:
+        writer.join(timeout=10)
+    names = [tf.train.Example.FromString(e).features.feature["image/filename"].bytes_list
+             .value[0].decode() for e in examples]
+    assert names == ["train_0#1", "train_0#3", "train_0#4", "train_1#0", "train_1#1",
+                     "train_1#3"]
+    assert [w.written for w in writers] == [len(data), len(data), 0]  # pass 1 read to its end
+    assert len(reports) == 2
+    assert "the first 1 images passed over unconverted" in reports[0]
+    assert "images: 4 read, 3 written, 1 skipped" in reports[0]
+    assert "train_0#2: corrupt or truncated image" in reports[0]
+    assert "1 more read to the pipe's end, unused" in reports[1]

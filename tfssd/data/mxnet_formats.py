@@ -9,7 +9,8 @@ continuation flag (upper 3 bits) and the length (lower 29), the data, padding to
 record whose data contains the magic number is written in parts (flag 1 first, 2 middle, 3
 last) with the magic dropped at each split. MXNet's image records start with an IRHeader (uint32
 flag, float32 label, uint64 id, uint64 id2); a flag > 0 is the number of float32 label values
-that follow it; the image bytes come last. The .idx file is not needed.
+that follow it; the image bytes come last. The .idx file (record offsets) and the .lst file im2rec leaves
+beside a .rec are not needed.
 """
 
 from __future__ import annotations
@@ -149,13 +150,21 @@ def read_rec(rec_path: str) -> list[SourceImage]:
 
 def image_records(records, base: str) -> list[SourceImage]:
     """im2rec detection records -> items holding their image bytes; ``base`` names them."""
-    items = []
+    return list(iter_image_records(records, base))
+
+
+def iter_image_records(records, base: str):
+    """Yields im2rec detection records as items, one at a time (a Pipe-mode stream)."""
     for number, record in enumerate(records):
-        try:
-            label, image_id, image = unpack_image_record(record)
-            name = f"{base}#{image_id}"
-            items.append(SourceImage(name=name, data=image, normalized_boxes=True,
-                                     objects=label_objects(label.astype(np.float64), name)))
-        except (struct.error, ValueError, MXNetFormatError) as e:
-            items.append(SourceImage(name=f"{base} record {number}", error=str(e)))
-    return items
+        yield image_item(record, base, number)
+
+
+def image_item(record: bytes, base: str, number: int) -> SourceImage:
+    """One im2rec detection record (the ``number``-th of ``base``) -> an item, or its error."""
+    try:
+        label, image_id, image = unpack_image_record(record)
+        name = f"{base}#{image_id}"
+        return SourceImage(name=name, data=image, normalized_boxes=True,
+                           objects=label_objects(label.astype(np.float64), name))
+    except (struct.error, ValueError, MXNetFormatError) as e:
+        return SourceImage(name=f"{base} record {number}", error=str(e))

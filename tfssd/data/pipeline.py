@@ -7,6 +7,13 @@ augmentation is seeded with (seed, index). Hence a resumed run reproduces the da
 uninterrupted one: it skips serialized records, before any decoding, to its position.
 Workers take every n-th example of the same stream (per-worker sharding), so one global step
 always consumes the same global batch.
+
+A SageMaker Pipe-mode training channel is streamed instead (``is_stream``; its one "file" is a
+``PipeStream`` description, data/sagemaker_channels.py): the FIFOs ``<channel>_0``, ``_1``, ...
+are read one after another, each image converted in memory under the bad-data policy, and the
+examples shuffled within blocks of ``shuffle_buffer`` (seeded by the run's seed and the block).
+A pipe is read once, so a resumed run cannot replay the interrupted order: it starts at pipe _0
+again, passing over (unconverted) as many images as the interrupted epoch had used.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfssd.data import augment, schema, targets
+from absl import logging
+
+from tfssd.data import augment, sagemaker_channels, schema, targets
 from tfssd.ops.image_ops import decode_image, resize
 
 
@@ -69,6 +78,53 @@ def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed,
     return stream.skip(skip)
 
 
+def is_stream(files: tuple[str, ...]) -> bool:
+    """Whether ``files`` stand for a streamed Pipe-mode channel (a ``PipeStream`` description)."""
+    return len(files) == 1 and files[0].endswith(sagemaker_channels.STREAM_SUFFIX)
+
+
+# Examples a piped stream yields beyond what the run needs, from the pass it ends in: room for
+# records that skip_corrupt_records drops after the stream, so that the last steps fill their
+# batches without opening another pass.
+STREAM_SPARE = 64
+
+
+def piped_training_stream(description: str, *, samples_per_epoch: int, seed,
+                          start_sample: int = 0, shuffle_buffer: int = 1024
+                          ) -> tf.data.Dataset:
+    """``training_stream`` for a Pipe-mode channel: its passes, read as SageMaker sends them.
+
+    Memory: one block of ``shuffle_buffer`` (at most ``samples_per_epoch``) serialized
+    examples (the encoded images, about
+    their file size, e.g. 1024 x 100 KB = 100 MB for VOC-sized JPEGs) and the block being
+    filled, two chunks of the converter (``PipeStream.CHUNK`` images each), plus the decoded
+    and augmented images in flight, as in File mode. None of it grows with the channel.
+
+    The stream ends with the pass in which the run's remaining examples have been read (giving
+    up to ``STREAM_SPARE`` more from it), so that no pipe beyond the last one needed is opened.
+
+    Yields:
+      (index int64 [], serialized string []).
+    """
+    stream = sagemaker_channels.PipeStream.load(description)
+    remaining = max(stream.epochs * samples_per_epoch - start_sample, 0)
+    skip = start_sample % samples_per_epoch
+
+    def examples():
+        return stream.examples(skip=skip, limit=remaining, spare=STREAM_SPARE,
+                               report=logging.info)
+
+    records = tf.data.Dataset.from_generator(
+        examples, output_signature=tf.TensorSpec([], tf.string))
+    stream_seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(start_sample, tf.int64)])
+    # Blocks no longer than an epoch: a small channel is still read pass by pass.
+    block_size = max(1, min(shuffle_buffer, samples_per_epoch))
+    shuffled = records.batch(block_size).enumerate().map(
+        lambda block, batch: tf.random.experimental.stateless_shuffle(
+            batch, seed=tf.random.experimental.stateless_fold_in(stream_seed, block))).unbatch()
+    return shuffled.enumerate(start=start_sample)
+
+
 def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_size: int,
                         label_width: int, num_classes: int, batch_size: int,
                         samples_per_epoch: int, seed, start_sample: int = 0,
@@ -79,7 +135,8 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
     """Augmented training batches with their SSD targets.
 
     Args:
-      files: TFRecord files in tfssd's schema.
+      files: TFRecord files in tfssd's schema, or a streamed Pipe-mode channel's description
+        (``is_stream``, ``piped_training_stream``).
       anchors: float32 [A, 4], normalised yxyx, the model's anchors.
       image_size: side of the square network input.
       label_width: labels longer than this stop the run with the record named.
@@ -98,8 +155,10 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
       targets: {"cls_targets": int32 [batch, A], "box_targets": float32 [batch, A, 4]}.
     """
     anchors = tf.constant(anchors, tf.float32)
-    stream = training_stream(files, samples_per_epoch=samples_per_epoch, seed=seed,
-                             start_sample=start_sample, shuffle_buffer=shuffle_buffer)
+    make_stream = piped_training_stream if is_stream(files) else training_stream
+    stream = make_stream(files[0] if is_stream(files) else files,
+                         samples_per_epoch=samples_per_epoch, seed=seed,
+                         start_sample=start_sample, shuffle_buffer=shuffle_buffer)
     if input_context is not None and input_context.num_input_pipelines > 1:
         stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
@@ -188,6 +247,8 @@ def find_undecodable_records(files: tuple[str, ...], input_format: str = "tfssd"
     """
     parse = schema.PARSERS[input_format]
     found = []
+    if is_stream(files):  # a pipe is read once: its bad images were skipped as it was read
+        return found
     for path in files:
         for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
             example = parse(serialized)

@@ -1,0 +1,82 @@
+"""Pipe mode as SageMaker runs it: one FIFO per pass over the training channel
+(``train_0``, ``train_1``, ...), each written by its own thread, streamed into training epoch by
+epoch with nothing staged on the volume; a channel without ContentType read by its data."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests import sagemaker_fixtures as sm
+from tfssd.data import mxnet_formats
+
+HYPERPARAMETERS = {"num_classes": 3, "num_training_samples": 8, "mini_batch_size": 4,
+                   "epochs": 3, "use_pretrained_model": 0, "width_multiplier": 0.0625,
+                   "log_every_steps": 1, "seed": 5}
+
+
+def _corrupt_record(image_id):
+    """An im2rec record whose JPEG is cut short: the bad-data policy skips it."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "tfssd", "__init__.py"),
+              "rb") as f:
+        not_an_image = b"\xff\xd8\xff\xe0" + f.read(64)
+    record = mxnet_formats.pack_image_record(np.array([2, 5, 0, 0.1, 0.1, 0.5, 0.5]), image_id,
+                                             not_an_image)
+    import io
+
+    out = io.BytesIO()
+    mxnet_formats.write_record(out, record)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_pipe_mode_streams_every_epoch_from_its_own_pipe_and_stages_nothing(
+        shapes_voc, tmp_path, absl_lines):
+    from tfssd.training import sagemaker_job
+
+    root = tmp_path / "opt" / "ml"
+    # No ContentType: the format is read from the pipe's first bytes (im2rec RecordIO).
+    sm.make_job(str(root), HYPERPARAMETERS, {"train": {"TrainingInputMode": "Pipe"}})
+    pass_bytes = (sm.im2rec_bytes(sm.voc_pictures(shapes_voc, "train")[:8])
+                  + _corrupt_record(99))
+    data = root / "input" / "data"
+    # One pass more than the 3 epochs need: it must stay unopened.
+    writers = [sm.PipeWriter(str(data / f"train_{k}"), pass_bytes) for k in range(4)]
+    try:
+        result = sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
+    finally:
+        os.remove(data / "train_3")  # ends its writer's wait
+    for writer in writers:
+        writer.join(timeout=30)
+    assert result.global_step == 6 and result.epochs_completed == 3
+    assert [w.written for w in writers] == [len(pass_bytes)] * 3 + [0]
+    log = "\n".join(absl_lines)
+    assert "Channel train has no ContentType; its data reads as RecordIO records with an " \
+           "image header: MXNet im2rec RecordIO" in log
+    for k in range(3):
+        text = re.search(rf"Channel train: 9 images \(recordio, Pipe mode\) of pass {k} "
+                         rf"\(\S+train_{k}\), converted in memory:\n(.*?)\nwrote:", log, re.S)
+        assert text, log[-3000:]
+        assert "images: 9 read, 8 written, 1 skipped" in text.group(1)
+        assert f"train_{k}#99: corrupt or truncated image" in text.group(1)
+    # Nothing staged: the work folder holds the stream's description and the class map.
+    staged = {p.name: p.stat().st_size for p in (root / "tfssd-work").rglob("*") if p.is_file()}
+    assert set(staged) == {"train.pipe.json", "class_map.json"}, staged
+    assert sum(staged.values()) < 4096
+    assert (root / "model" / "1" / "saved_model.pb").is_file()
+
+
+def test_a_channel_without_content_type_whose_data_is_unknown_is_refused_by_name(tmp_path):
+    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.training import sagemaker_job
+
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), HYPERPARAMETERS, {"train": {}})
+    os.makedirs(root / "input" / "data" / "train")
+    (root / "input" / "data" / "train" / "labels.csv").write_text("file,class\na.jpg,0\n")
+    with pytest.raises(ChannelError, match=r"channel 'train': inputdataconfig.json gives no "
+                                           r"ContentType and \S+labels.csv starts with bytes") as e:
+        sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
+    assert "Set the channel's ContentType: application/x-recordio" in str(e.value)
+    assert not (root / "tfssd-work").exists()  # refused before anything was written
