@@ -1,11 +1,17 @@
 """A SageMaker training job, from the container's files alone: channels in SageMaker's algorithm's
-formats converted once into local TFRecords, the ``model`` channel for incremental training,
-the model in ``/opt/ml/model`` with the weights ``--init_from`` reads back.
+formats converted once into local TFRecords (or, the training channel in Pipe mode, streamed),
+the ``model`` channel for incremental training, the model in ``/opt/ml/model`` with the weights
+``--init_from`` reads back.
 
 ``run`` is what ``tfssd.train`` (and so ``tfssd-train``, the image's ``train``) does when
 ``/opt/ml/input/config/inputdataconfig.json`` exists. Values given explicitly (flags, keyword
 arguments, ``SM_*`` variables) win over what the files say. Converted channels go to
-``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again.
+``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again. A
+Pipe-mode training channel is not staged: the input pipeline reads ``train_0``, ``train_1``, ...
+as training reaches them and converts each image in memory (data/sagemaker_channels.py,
+``PipeStream``); only its description and class map go to ``/opt/ml/tfssd-work/stream/train/``.
+Under ``kv_store=dist_async`` (whose workers cannot run the chief's Python reader) it is
+converted from ``train_0`` like the other channels.
 """
 
 from __future__ import annotations
