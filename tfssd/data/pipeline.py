@@ -95,10 +95,10 @@ def piped_training_stream(description: str, *, samples_per_epoch: int, seed,
     """``training_stream`` for a Pipe-mode channel: its passes, read as SageMaker sends them.
 
     Memory: one block of ``shuffle_buffer`` (at most ``samples_per_epoch``) serialized
-    examples (the encoded images, about
-    their file size, e.g. 1024 x 100 KB = 100 MB for VOC-sized JPEGs) and the block being
-    filled, two chunks of the converter (``PipeStream.CHUNK`` images each), plus the decoded
-    and augmented images in flight, as in File mode. None of it grows with the channel.
+    examples (the encoded images, about their file size: 1024 x 100 KB = 100 MB for VOC-sized
+    JPEGs) and the block being filled, two chunks of the converter (``PipeStream.CHUNK``
+    images each), plus the decoded and augmented images in flight, as in File mode. None of it
+    grows with the channel.
 
     The stream ends with the pass in which the run's remaining examples have been read (giving
     up to ``STREAM_SPARE`` more from it), so that no pipe beyond the last one needed is opened.

@@ -195,7 +195,7 @@ def read_channel(paths: ContainerPaths, channel: Channel, channels: Mapping[str,
     fmt = channel_format(channel, channels)
     pipe = channel.input_mode == "Pipe"
     source = paths.pipe(channel.name) if pipe else paths.channel_dir(channel.name)
-    if not pipe and not os.path.exists(source):
+    if not os.path.exists(source):  # SageMaker creates <channel>_0 before the job starts
         raise ChannelError(f"channel {channel.name!r}: {source} does not exist (SageMaker puts "
                            f"a {channel.input_mode}-mode channel there)")
     detected = None
@@ -381,7 +381,8 @@ class PipeStream:
         return f"{self.pipe_prefix}_{k}"
 
     def save(self, folder: str) -> str:
-        """Writes the description into ``folder``; returns its path."""
+        """Writes the description into ``folder``; returns its path. A job starts at pass 0."""
+        _NEXT_PASS.pop(self.pipe_prefix, None)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, self.channel + STREAM_SUFFIX)
         with open(path, "w", encoding="utf-8") as f:
