@@ -221,3 +221,29 @@ def test_a_piped_channel_streams_pass_after_pass_under_the_bad_data_policy(tmp_p
     assert "images: 4 read, 3 written, 1 skipped" in reports[0]
     assert "train_0#2: corrupt or truncated image" in reports[0]
     assert "1 more read to the pipe's end, unused" in reports[1]
+
+
+def test_a_piped_manifest_and_piped_tfrecords_stream_too(tmp_path):
+    """An augmented manifest's records become examples; a TFRecord pass passes as it is."""
+    import tensorflow as tf
+
+    prefix = str(tmp_path / "manifest")
+    records = [JPEG, _label((1, 2)), JPEG, _label((0, 4), (1, 8))]
+    data = b"".join(_record(r) for r in records)
+    writer = sm.PipeWriter(f"{prefix}_0", data, timeout=60)
+    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.MANIFEST, prefix,
+                                           ("cat", "dog"), 350, epochs=1, num_training_samples=2)
+    examples = list(stream.examples(limit=2, report=lambda text: None))
+    writer.join(timeout=10)
+    labels = [list(tf.train.Example.FromString(e).features.feature["image/label"]
+                   .float_list.value) for e in examples]
+    assert [len(label) for label in labels] == [2 + 5, 2 + 10]  # header, then 5 per box
+
+    prefix = str(tmp_path / "tfrecords")
+    writer = sm.PipeWriter(f"{prefix}_0", _tfrecord_bytes([b"a", b"b", b"c"]), timeout=60)
+    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.TFRECORD, prefix, (),
+                                           350, epochs=1, num_training_samples=3)
+    reports = []
+    assert list(stream.examples(limit=3, report=reports.append)) == [b"a", b"b", b"c"]
+    writer.join(timeout=10)
+    assert "images: 3 read, 3 written" in reports[0]

@@ -80,3 +80,21 @@ def test_a_channel_without_content_type_whose_data_is_unknown_is_refused_by_name
         sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
     assert "Set the channel's ContentType: application/x-recordio" in str(e.value)
     assert not (root / "tfssd-work").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_pass_without_a_usable_image_fails_the_job_naming_the_channel_and_pipe(tmp_path,
+                                                                                 absl_lines):
+    from tfssd.training import sagemaker_job
+    from tfssd.training.errors import TrainingError
+
+    root = tmp_path / "opt" / "ml"
+    sm.make_job(str(root), {**HYPERPARAMETERS, "epochs": 1}, {
+        "train": {"ContentType": "application/x-recordio", "TrainingInputMode": "Pipe"}})
+    pipe = root / "input" / "data" / "train_0"
+    writer = sm.PipeWriter(str(pipe), b"".join(_corrupt_record(i) for i in range(3)))
+    with pytest.raises(TrainingError, match=re.escape(
+            f"channel 'train': pass 0 ({pipe}) holds no usable image")):
+        sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
+    writer.join(timeout=10)
+    assert "train_0#2: corrupt or truncated image" in "\n".join(absl_lines)  # the summary

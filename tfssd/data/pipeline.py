@@ -98,7 +98,10 @@ def piped_training_stream(description: str, *, samples_per_epoch: int, seed,
     examples (the encoded images, about their file size: 1024 x 100 KB = 100 MB for VOC-sized
     JPEGs) and the block being filled, two chunks of the converter (``PipeStream.CHUNK``
     images each), plus the decoded and augmented images in flight, as in File mode. None of it
-    grows with the channel.
+    grows with the channel. Measured (batches of 32 at 300 x 300, images of 47 KB, 2 CPUs):
+    peak RSS above the set-up process +227 MB for a pass of 1024 images and +247 MB for 4096
+    with ``shuffle_buffer=256``; +407 MB for 4096 with 1024, i.e. about 200 KB per buffered
+    image of 47 KB (the block being filled, the shuffled block and tf.data's copies).
 
     The stream ends with the pass in which the run's remaining examples have been read (giving
     up to ``STREAM_SPARE`` more from it), so that no pipe beyond the last one needed is opened.

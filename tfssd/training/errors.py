@@ -43,6 +43,9 @@ def data_error(error: tf.errors.OpError, files: tuple[str, ...],
                input_format: str) -> Exception:
     """A clear TrainingError for bad data behind ``error``, or ``error`` itself."""
     first_line = error.message.splitlines()[0]
+    piped = _assertion(error.message, "ChannelError: ")  # a Pipe-mode stream's reader
+    if piped:
+        return TrainingError(piped.split("ChannelError: ", 1)[1])
     where = ", ".join(files) if len(files) <= 3 else f"{files[0]} and {len(files) - 1} more"
     too_long = _assertion(error.message, "does not fit in label_width=")
     if too_long:
