@@ -6,6 +6,9 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -128,3 +131,60 @@ def test_sigterm_during_validation_then_the_next_job_and_its_final_metric_line(
     records = sorted(str(p) for p in (root / "tfssd-work").rglob("validation*.tfrecord"))
     exported = api.evaluate(result.export_path, records, batch_size=8).voc.mean_ap
     assert float(final) == pytest.approx(exported, abs=1e-4), log
+
+
+# -- SIGTERM on every worker of a dist_sync cluster --------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIGEST = re.compile(r"Worker (\d) final weights digest (\w+)")
+
+
+def _cluster(flags, sigterm_at=None, timeout=300):
+    """tfssd-cluster with two dist_sync workers on 127.0.0.1; with ``sigterm_at``, SIGTERM to
+    both workers (as SageMaker sends it to every host) once that line is seen."""
+    command = [sys.executable, "-m", "tfssd.cli.local_cluster", "--kv_store=dist_sync",
+               "--workers=2", "--", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output, pids, deadline = "", [], time.time() + timeout
+    try:
+        for line in process.stdout:
+            output += line
+            found = re.search(r"\[launcher\] worker \d at \S+: pid (\d+)", line)
+            if found:
+                pids.append(int(found.group(1)))
+            if sigterm_at and sigterm_at in line:
+                for pid in pids:
+                    os.kill(pid, signal.SIGTERM)
+                sigterm_at = None
+            assert time.time() < deadline, output[-3000:]
+        output += process.communicate(timeout=max(deadline - time.time(), 1))[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TFSSD_LONG_TESTS"),
+                    reason="a two-worker cluster started twice, about a minute: set "
+                           "TFSSD_LONG_TESTS=1")
+def test_sigterm_on_every_dist_sync_worker_leaves_a_checkpoint_and_the_cluster_resumes(
+        shapes_tfrecords, tmp_path):
+    flags = ["--num_classes=3", "--use_pretrained_model=0", "--width_multiplier=0.0625",
+             f"--train={shapes_tfrecords['dir']}/train-*", f"--model_dir={tmp_path / 'run'}",
+             "--log_every_steps=1", "--seed=3", "--precision=float32",
+             "--num_training_samples=16", "--epochs=2", "--mini_batch_size=2"]
+    code, output = _cluster(flags, sigterm_at="epoch 1/2 step 2/4")
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    saved = {int(s) for s in re.findall(r"SIGTERM: checkpoint saved at step (\d+)", output)}
+    assert len(saved) == 1, output[-3000:]  # one step, agreed by both workers
+    step = saved.pop()
+    assert 2 <= step < 8 and (tmp_path / "run" / f"ckpt-{step}.index").is_file()
+
+    code, output = _cluster(flags)
+    assert code == 0, output[-3000:]
+    assert f"Resumed from {tmp_path / 'run'}/ckpt-{step} at step {step}" in output
+    digests = dict(DIGEST.findall(output))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert "Done: 2 epochs (8 steps)" in output

@@ -59,7 +59,7 @@ class LocalStop:
         self._interruptible = False
         self._previous = None
 
-    def __enter__(self) -> "LocalStop":
+    def __enter__(self) -> LocalStop:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
@@ -118,7 +118,7 @@ class ClusterStop(LocalStop):
         self._step = 0
         self._saved: str | None = None
 
-    def __enter__(self) -> "ClusterStop":
+    def __enter__(self) -> ClusterStop:
         super().__enter__()
         import tensorflow as tf
 

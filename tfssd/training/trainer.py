@@ -282,15 +282,16 @@ class Trainer:
             raise
         return self._finish(step, stopped_early, early, trained=step > first_step)
 
-    def _export(self, early: EarlyStopping) -> tuple[str, str, SSD]:
-        """Exports the best weights (else the current ones) from the chief: (the export's path,
-        what was exported in words, the network it served from)."""
+    def _export(self, early: EarlyStopping, current: str = "the final weights"
+                ) -> tuple[str, str, SSD]:
+        """Exports the best weights (else the current ones, ``current`` in words) from the chief:
+        (the export's path, what was exported in words, the network it served from)."""
         cfg, model = self.config.train, self.config.model
         if self.checkpoints.best:
             self.checkpoints.load_weights(self.checkpoints.best)
             chosen = f"the best validation mAP ({early.best:.4f}, epoch {early.best_epoch})"
         else:
-            chosen = "the final weights"
+            chosen = current
         # The network was built in the training precision; the export computes in its own
         # (float32 by default, whatever the run trained in), with the same weights.
         policy = precision.export_policy(cfg.export_precision)
@@ -340,7 +341,8 @@ class Trainer:
             self.reporter.log(f"SIGTERM: exporting {'the best' if self.checkpoints.best else 'the'}"
                               f" weights to {cfg.resolved_export_dir} before stopping, so that "
                               "the stopped job leaves a deployable model.")
-            stopped.export_path, chosen, served = self._export(early)
+            stopped.export_path, chosen, served = self._export(
+                early, f"the weights of step {stopped.step}")
             self.reporter.log(f"SIGTERM: exported {chosen} to {stopped.export_path}; a job that "
                               "resumes from the checkpoint exports again at its end.")
             self._report_exported(early, served, evaluate_again=False)
