@@ -53,11 +53,16 @@ def test_metric_lines_name_sagemakers_current_host(tmp_path, monkeypatch):
 
 
 def test_several_hosts_without_kv_store_are_refused_naming_it(tmp_path):
+    from tfssd.training import sagemaker_job
+
     _, environ = _job(tmp_path, hosts=("algo-1", "algo-2"), current="algo-2")
-    with pytest.raises(distribution.ClusterConfigError,
-                       match="kv_store is not set but the job runs on 2 hosts") as refused:
+    expected = "kv_store is not set but the job runs on 2 hosts"
+    with pytest.raises(distribution.DistributionError, match=expected) as refused:
         distribution.resolve_cluster(None, environ)
     assert "kv_store=dist_sync" in str(refused.value)
+    # A job says so before it reads any channel (this one's 'train' folder does not exist).
+    with pytest.raises(distribution.DistributionError, match=expected):
+        sagemaker_job.run({}, environ)
     assert distribution.resolve_cluster("dist_sync", environ)[0].num_workers == 2
 
 

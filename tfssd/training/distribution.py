@@ -97,12 +97,12 @@ def check_hosts(kv_store: str | None, environ: Mapping[str, str] = os.environ
     """SageMaker's (hosts, this host), else None; several hosts need a kv_store.
 
     Raises:
-      ClusterConfigError: several SageMaker hosts and no kv_store (each would train alone and
-        all would write the model).
+      DistributionError: several SageMaker hosts and no kv_store (each would train alone and
+        all would write the model): a hyperparameter to set, one line in the failure file.
     """
     found = sagemaker_container.hosts(environ)
     if found and len(found[0]) > 1 and not kv_store:
-        raise ClusterConfigError(
+        raise DistributionError(
             f"kv_store is not set but the job runs on {len(found[0])} hosts "
             f"({', '.join(found[0][:4])}{', ...' if len(found[0]) > 4 else ''}): each would "
             "train alone and all would write the model. Set the hyperparameter "
