@@ -66,6 +66,25 @@ def test_several_hosts_without_kv_store_are_refused_naming_it(tmp_path):
     assert distribution.resolve_cluster("dist_sync", environ)[0].num_workers == 2
 
 
+def test_sigterm_is_a_stop_request_and_interrupts_what_may_be_cut_short():
+    from tfssd.training import stop_signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    saved = []
+    with stop_signal.LocalStop() as stop:
+        stop.after_step(1, saved.append)  # no request: the loop goes on
+        started = time.time()
+        with pytest.raises(stop_signal.Interrupted):
+            with stop.interruptible():  # validation: a real SIGTERM ends it at once
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+        assert time.time() - started < 10 and stop.requested
+        with pytest.raises(stop_signal.Preempted) as stopped:
+            stop.after_step(2, lambda step: saved.append(step) or f"ckpt-{step}")
+    assert saved == [2] and stopped.value.checkpoint == "ckpt-2"
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 # -- a SageMaker job stopped during validation, then the next job ------------------------------
 
 MAP_LINE = re.compile(r"#quality_metric: host=(\S+), epoch=(\d+), validation mAP <score>=\((\S+)\)")
