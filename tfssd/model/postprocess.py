@@ -92,26 +92,41 @@ def multibox_detection(cls_logits: tf.Tensor, box_deltas: tf.Tensor, anchors: tf
         top_scores, top_index = tf.math.top_k(best_scores, k=top_k)  # ties: lower anchor first
         candidate_boxes = tf.gather(boxes, top_index, batch_dims=1)  # [B, K, 4]
         candidate_classes = tf.gather(best_classes, top_index, batch_dims=1)  # [B, K]
+        # TF's NMS visits tied scores in no set order; MXNet in the candidates' (a stable sort).
+        # NMS ranks by ``ranked``: the scores made strictly decreasing in their last bits (a
+        # tie moves by at most its rank in ulps), which also names each kept candidate.
+        ranked = _strictly_decreasing(top_scores)
         if mxnet.force_suppress:
-            scores = top_scores[:, :, None]  # one NMS over all classes
+            scores = ranked[:, :, None]  # one NMS over all classes
         else:  # each candidate competes only in its best class
-            scores = tf.one_hot(candidate_classes, num_classes) * top_scores[:, :, None]
+            scores = tf.one_hot(candidate_classes, num_classes) * ranked[:, :, None]
         nmsed = tf.image.combined_non_max_suppression(
             boxes=candidate_boxes[:, :, None, :], scores=scores,
             max_output_size_per_class=max_detections, max_total_size=max_detections,
             iou_threshold=nms_threshold, score_threshold=score_threshold, clip_boxes=False)
-        classes = nmsed.nmsed_classes
-        if mxnet.force_suppress:  # the class of the candidate each kept box is
-            same = tf.reduce_all(nmsed.nmsed_boxes[:, :, None, :] == candidate_boxes[:, None],
-                                 axis=-1) & (nmsed.nmsed_scores[:, :, None] == top_scores[:, None])
-            index = tf.argmax(tf.cast(same, tf.int32), axis=-1, output_type=tf.int32)
-            valid = tf.range(max_detections)[None, :] < nmsed.valid_detections[:, None]
-            classes = tf.where(valid, tf.cast(tf.gather(candidate_classes, index, batch_dims=1),
-                                              tf.float32), 0.0)
+        index = tf.argmax(tf.cast(nmsed.nmsed_scores[:, :, None] == ranked[:, None], tf.int32),
+                          axis=-1, output_type=tf.int32)  # [B, max_detections]
+        valid = tf.range(max_detections)[None, :] < nmsed.valid_detections[:, None]
+        classes = tf.where(valid, tf.cast(tf.gather(candidate_classes, index, batch_dims=1),
+                                          tf.float32), 0.0)
         return {"detection_boxes": nmsed.nmsed_boxes,
-                "detection_scores": nmsed.nmsed_scores,
+                "detection_scores": tf.where(valid, tf.gather(top_scores, index, batch_dims=1),
+                                             0.0),
                 "detection_classes": classes,
                 "num_detections": nmsed.valid_detections}
+
+
+def _strictly_decreasing(scores: tf.Tensor) -> tf.Tensor:
+    """float32 [B, K] sorted descending, >= 0 -> the same, strictly decreasing where positive:
+    as int32 bits (monotone for non-negative floats), b'_r = min_{j <= r}(b_j + j) - r, so that
+    b'_r <= b_r - (number of ties before r within that run)."""
+    bits = tf.bitcast(scores, tf.int32)
+    k = int(scores.shape[-1])
+    rank = tf.range(k)
+    earlier = rank[None, :] <= rank[:, None]  # [K (r), K (j)]
+    shifted = tf.where(earlier[None], (bits + rank[None])[:, None, :], tf.int32.max)
+    ranked = tf.maximum(tf.reduce_min(shifted, axis=-1) - rank[None], 0)
+    return tf.bitcast(ranked, tf.float32)
 
 
 def detect(model, images: tf.Tensor, anchors: tf.Tensor, **settings) -> dict[str, tf.Tensor]:
