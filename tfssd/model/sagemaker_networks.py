@@ -14,8 +14,12 @@ SageMaker's built-in algorithm (MXNet) builds its networks as Apache MXNet's SSD
 
 Keras layers carry MXNet's names (``_plus12`` as ``mx_plus12``: TensorFlow names cannot start
 with "_"). Heads: per map a 3x3 ``<map>_cls_pred_conv`` and ``<map>_loc_pred_conv``; anchors
-are MXNet's MultiBoxPrior (tfssd/model/multibox.py) with the sizes and ratios below. Input: RGB
-minus the ImageNet mean (123.68, 116.779, 103.939), not scaled, as the MXNet SSD example feeds it.
+are MXNet's MultiBoxPrior (tfssd/model/multibox.py) with the sizes and ratios below (or those of
+an imported graph). Input: RGB minus the mean pixel (123, 117, 104), not scaled, as the MXNet SSD
+example's training, evaluation and demo scripts feed it (its --mean-r/g/b defaults; the ImageNet
+mean 123.68, 116.779, 103.939 moves a trained model's detections). Detections as MXNet's
+MultiBoxDetection (tfssd/model/postprocess.py: one class per anchor). Trained with the
+algorithm's loss normalisation (tfssd/model/losses.py, ``MXNET_VALID``).
 Convolutions pad symmetrically as MXNet does (explicit zero padding before a strided one).
 BatchNorm is frozen (inference mode), as for tfssd's own ResNet-50 with ImageNet weights.
 """
@@ -28,12 +32,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from tfssd.model import multibox
+from tfssd.model import losses, multibox, postprocess
 from tfssd.model.layers import L2Normalization, ShiftedDilatedConv2D
 from tfssd.model.vgg16 import scaled
 
 NETWORKS = {"sagemaker-resnet-50": "resnet-50", "sagemaker-vgg-16": "vgg-16"}
-MEAN_RGB = (123.68, 116.779, 103.939)
+MEAN_RGB = (123.0, 117.0, 104.0)
 BN_EPSILON = 2e-5
 _SCALES_6 = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
 _SCALES_7 = (0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05)
@@ -75,7 +79,8 @@ def mxnet_name(layer_name: str) -> str:
 
 @keras.saving.register_keras_serializable(package="tfssd")
 class MeanSubtraction(keras.layers.Layer):
-    """RGB in [0, 255] -> RGB minus the ImageNet mean, inside the model (and so in serving)."""
+    """RGB in [0, 255] -> RGB minus MXNet's SSD mean pixel, inside the model (and so in
+    serving)."""
 
     def call(self, images):
         return images - ops.convert_to_tensor(MEAN_RGB, images.dtype)
@@ -148,7 +153,7 @@ def _vgg16_reduced(x, width_multiplier):
 
 
 def build(base_network: str, num_classes: int, image_size: int,
-          width_multiplier: float = 1.0):
+          width_multiplier: float = 1.0, priors: list[dict] | None = None):
     """SageMaker's SSD as a Keras model, freshly initialised.
 
     Args:
@@ -156,6 +161,8 @@ def build(base_network: str, num_classes: int, image_size: int,
       num_classes: object classes, background not counted.
       image_size: side of the square input.
       width_multiplier: scales every layer's channels but the heads' (1: SageMaker's).
+      priors: per map, MultiBoxPrior's settings (sizes, ratios, steps, offsets, clip) to use
+        instead of the example's (an imported graph's own); the heads follow their counts.
 
     Returns:
       (model, anchors float32 [A, 4] normalised yxyx, feature names, feature map sizes). The
@@ -166,6 +173,11 @@ def build(base_network: str, num_classes: int, image_size: int,
         raise ValueError(f"base_network must be one of {sorted(NETWORKS)}, got {base_network!r}")
     network = NETWORKS[base_network]
     spec = layout(network, image_size)
+    if priors is not None:
+        if len(priors) != len(spec["anchors"]):
+            raise ValueError(f"{len(priors)} MultiBoxPrior settings for {len(spec['anchors'])} "
+                             "feature maps")
+        spec["anchors"] = [{**dict(offsets=(0.5, 0.5), clip=False), **p} for p in priors]
     images = keras.Input((image_size, image_size, 3), name="images")
     x = MeanSubtraction(name="preprocess")(images)
     features = (_resnet50_v2 if network == "resnet-50" else _vgg16_reduced)(x, width_multiplier)
@@ -189,13 +201,16 @@ def build(base_network: str, num_classes: int, image_size: int,
         box = _conv(feature, f"{head}_loc_pred_conv", per_location * 4, 3, 1, 1)
         cls_outputs.append(layers.Reshape((-1, num_classes + 1), name=f"{head}_cls_flat")(cls))
         box_outputs.append(layers.Reshape((-1, 4), name=f"{head}_loc_flat")(box))
-        anchors.append(multibox.multibox_prior(*size, prior["sizes"], prior["ratios"],
-                                               prior["steps"]))
+        anchors.append(multibox.multibox_prior(
+            *size, prior["sizes"], prior["ratios"], prior["steps"],
+            prior.get("offsets", (0.5, 0.5)), prior.get("clip", False)))
     outputs = {"cls_logits": layers.Concatenate(axis=1, name="cls_logits",
                                                 dtype="float32")(cls_outputs),
                "box_deltas": layers.Concatenate(axis=1, name="box_deltas",
                                                 dtype="float32")(box_outputs)}
     model = keras.Model(images, outputs, name=f"ssd{image_size}_{base_network.replace('-', '')}")
+    model.multibox_detection = postprocess.MultiBoxDetection()  # MXNet's detection semantics
+    model.loss_normalisation = losses.MXNET_VALID  # as the algorithm trains it
     anchors = multibox.xyxy_to_yxyx(np.concatenate(anchors)).astype(np.float32)
     return model, anchors, tuple(n for n, _ in features), sizes
 
