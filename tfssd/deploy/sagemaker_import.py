@@ -4,9 +4,11 @@ SageMaker's model.tar.gz holds ``model_algo_1-symbol.json`` (the MXNet graph),
 ``model_algo_1-0000.params`` (its weights) and ``hyperparams.json``. The graph is recognised as
 one of SageMaker's two networks (tfssd/model/sagemaker_networks.py: ResNet-50 v2 or
 vgg16_reduced SSD, any image_shape and class count, the width following from the weights), and
-compared with the network tfssd builds: every weight's name and shape, every convolution's
-kernel, stride, padding and dilation, BatchNorm's epsilon, each map's MultiBoxPrior and the
-MultiBoxDetection settings. A graph that differs is refused with the differences named.
+compared with the network tfssd builds: every weight's name and shape, and every node of the
+graph, its operator, attributes and inputs (tfssd/model/sagemaker_graph.py). A graph that
+differs is refused with the differences named. The anchors are the graph's own MultiBoxPrior
+settings, and the export detects as the graph's MultiBoxDetection (one class per anchor, its
+clip, thresholds, nms_topk and force_suppress: tfssd/model/postprocess.py).
 
 The result is a tfssd model directory (``tfssd_run.json``, the weights as its ``best/``
 checkpoint) with an exported SavedModel in ``export/1``: what serving, prediction, evaluation,
@@ -26,12 +28,11 @@ from keras import layers
 
 from tfssd.config.run_config import BEST_DIR, RUN_FILE
 from tfssd.deploy import saved_model
-from tfssd.model import mxnet_params, sagemaker_networks
-from tfssd.model.ssd import ssd_network
+from tfssd.model import mxnet_params, postprocess, sagemaker_graph, sagemaker_networks
+from tfssd.model.ssd import SSD
 
 _SYMBOL = re.compile(r"(.*)-symbol\.json$")
 _PARAMS = re.compile(r"(.*)-(\d{4})\.params$")
-_TOLERANCE = 1e-4  # attributes are written with 6 significant digits
 
 
 class SageMakerImportError(ValueError):
@@ -80,8 +81,12 @@ def read_artifact(source: str) -> tuple[dict, dict, dict]:
     return graph, {**args, **aux}, hyper
 
 
-def recognise(graph: dict, params: dict, hyper: dict) -> dict:
-    """base_network, num_classes, image_size and width_multiplier of a SageMaker graph."""
+def recognise(graph: dict, params: dict, hyper: dict, image_size: int | None = None) -> dict:
+    """base_network, num_classes, image_size and width_multiplier of a SageMaker graph.
+
+    The image size is not in the graph: it comes from ``image_size``, else from the artifact's
+    hyperparams.json (``image_shape``); with neither the artifact is refused.
+    """
     nodes = {n["name"]: n for n in graph["nodes"]}
     if "bn_data" in nodes and "stage4_unit3_conv3" in nodes:
         base, top, width = "sagemaker-resnet-50", "stage4_unit3_conv3_weight", 2048
@@ -96,22 +101,27 @@ def recognise(graph: dict, params: dict, hyper: dict) -> dict:
                "anchors" and any(graph["nodes"][i[0]]["op"] == "Concat" for i in n["inputs"])]
     if reshape:
         num_classes = int(mxnet_params.parse_tuple(reshape[0]["attrs"]["shape"])[-1]) - 1
-    else:
+    elif "num_classes" in hyper:
         num_classes = int(hyper["num_classes"])
-    image_shape = str(hyper.get("image_shape", "300"))
-    image_size = int(image_shape.split(",")[-1])
-    return {"base_network": base, "num_classes": num_classes, "image_size": image_size,
+    else:
+        raise SageMakerImportError("the graph has no class predictions' Reshape and there is no "
+                                   "hyperparams.json with num_classes")
+    if image_size is None:
+        if str(hyper.get("image_shape", "")).strip() == "":
+            raise SageMakerImportError(
+                "the image size is not in the graph and the artifact has no hyperparams.json "
+                "with image_shape: give the image_shape the model was trained with "
+                "(image_size=..., tfssd-import-sagemaker --image_shape=...)")
+        image_size = int(str(hyper["image_shape"]).split(",")[-1])
+    return {"base_network": base, "num_classes": num_classes, "image_size": int(image_size),
             "width_multiplier": params[top].shape[0] / width}
 
 
-def _close(a, b) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= _TOLERANCE for x, y in zip(a, b))
-
-
 def differences(graph: dict, params: dict, ssd) -> list[str]:
-    """What differs between an MXNet graph with its weights and tfssd's ``ssd`` network."""
+    """What differs between an MXNet graph with its weights and tfssd's ``ssd`` network (built
+    with the graph's anchors): every weight's name and shape, then every node of the graph
+    (tfssd/model/sagemaker_graph.py)."""
     found = []
-    nodes = {n["name"]: n for n in graph["nodes"]}
     expected = sagemaker_networks.mxnet_parameter_shapes(ssd.model)
     extra = sorted(set(params) - set(expected) - {"data", "label"})
     missing = sorted(set(expected) - set(params))
@@ -124,91 +134,45 @@ def differences(graph: dict, params: dict, ssd) -> list[str]:
     for name in sorted(set(expected) & set(params)):
         if tuple(params[name].shape) != expected[name]:
             found.append(f"{name}: shape {tuple(params[name].shape)}, tfssd's {expected[name]}")
-    for layer in ssd.model.layers:
-        node = nodes.get(sagemaker_networks.mxnet_name(layer.name))
-        if isinstance(layer, layers.Conv2D):
-            if node is None or node["op"] != "Convolution":
-                found.append(f"no Convolution {layer.name}")
-                continue
-            found += _conv_differences(ssd.model, layer, node["attrs"])
-        elif isinstance(layer, layers.BatchNormalization):
-            if node is None or node["op"] != "BatchNorm":
-                found.append(f"no BatchNorm {layer.name}")
-                continue
-            attrs = node["attrs"]
-            if abs(float(attrs.get("eps", "0.001")) - layer.epsilon) > 1e-9:
-                found.append(f"{layer.name}: eps {attrs.get('eps', '0.001')}, tfssd's "
-                             f"{layer.epsilon}")
-            if mxnet_params.parse_bool(attrs.get("fix_gamma", "True")) == layer.scale:
-                found.append(f"{layer.name}: fix_gamma {attrs.get('fix_gamma', 'True')}")
-    found += _multibox_differences(graph, ssd)
-    return found
-
-
-def _conv_differences(model, layer, attrs) -> list[str]:
-    kernel = layer.kernel_size[0]
-    dilation = layer.dilation_rate[0]
-    if layer.padding == "same":
-        pad = dilation * (kernel - 1) // 2
-    else:
-        pad_layer = next((m for m in model.layers if m.name == f"{layer.name}_pad"), None)
-        pad = pad_layer.padding[0][0] if pad_layer is not None else 0
-    want = {"kernel": (kernel, kernel), "stride": tuple(layer.strides), "pad": (pad, pad),
-            "dilate": (dilation, dilation), "num_filter": (layer.filters,)}
-    defaults = {"stride": "(1, 1)", "pad": "(0, 0)", "dilate": "(1, 1)"}
-    found = []
-    for key, value in want.items():
-        text = attrs.get(key, defaults.get(key, "()"))
-        if mxnet_params.parse_tuple(text) != tuple(float(v) for v in value):
-            found.append(f"{layer.name}: {key} {text}, tfssd's {value}")
-    return found
-
-
-def _multibox_differences(graph: dict, ssd) -> list[str]:
-    nodes = {n["name"]: n for n in graph["nodes"]}
     network = sagemaker_networks.NETWORKS[ssd.base_network]
-    spec = sagemaker_networks.layout(network, ssd.image_size)["anchors"]
-    found = []
-    priors = [n for n in graph["nodes"] if n["op"] == "_contrib_MultiBoxPrior"]
-    if len(priors) != len(spec):
-        found.append(f"{len(priors)} MultiBoxPrior layers, tfssd's network has {len(spec)}")
-    for name, prior in zip(ssd.feature_names, spec):
-        node = nodes.get(f"{name}_anchors")
-        if node is None:
-            found.append(f"no MultiBoxPrior {name}_anchors")
-            continue
-        attrs = node["attrs"]
-        for key, want in (("sizes", prior["sizes"]), ("ratios", prior["ratios"]),
-                          ("steps", prior["steps"]), ("offsets", (0.5, 0.5))):
-            got = mxnet_params.parse_tuple(attrs.get(key, {"steps": "(-1, -1)",
-                                                           "offsets": "(0.5, 0.5)"}.get(key, "()")))
-            if not _close(got, want):
-                found.append(f"{name}_anchors: {key} {attrs.get(key)}, tfssd's {want}")
-        if mxnet_params.parse_bool(attrs.get("clip", "False")):
-            found.append(f"{name}_anchors: clip=True (tfssd's anchors are not clipped)")
-    detection = [n for n in graph["nodes"] if n["op"] == "_contrib_MultiBoxDetection"]
-    if detection:
-        attrs = detection[0]["attrs"]
-        variances = mxnet_params.parse_tuple(attrs.get("variances", "(0.1, 0.1, 0.2, 0.2)"))
-        if not _close(variances, (0.1, 0.1, 0.2, 0.2)):
-            found.append(f"MultiBoxDetection: variances {variances}, tfssd's (0.1, 0.1, 0.2, 0.2)")
-        if mxnet_params.parse_bool(attrs.get("force_suppress", "False")):
-            found.append("MultiBoxDetection: force_suppress=True (tfssd suppresses per class)")
-    return found
+    want = sagemaker_graph.expected(
+        network, sagemaker_networks.layout(network, ssd.image_size)["extra"], ssd.num_classes,
+        ssd.width_multiplier, sagemaker_graph.priors(graph))
+    return found + sagemaker_graph.differences(graph, want)
+
+
+def _build(geometry: dict, graph: dict) -> SSD:
+    """tfssd's network for the graph: its anchors (MultiBoxPrior settings) and detection."""
+    priors = sagemaker_graph.priors(graph)
+    try:
+        model, anchors, names, sizes = sagemaker_networks.build(**geometry, priors=priors)
+    except ValueError as e:
+        raise SageMakerImportError(f"cannot build {geometry}: {e}") from None
+    settings = sagemaker_graph.detection(graph)
+    if settings is None:
+        raise SageMakerImportError("the graph has no MultiBoxDetection")
+    model.multibox_detection = postprocess.MultiBoxDetection(
+        nms_topk=settings["nms_topk"], clip=settings["clip"],
+        force_suppress=settings["force_suppress"])
+    for layer in model.layers:  # MXNet's statistics, frozen
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return SSD(model=model, anchors=anchors, feature_names=names, feature_map_sizes=sizes,
+               **geometry)
 
 
 def detection_settings(graph: dict) -> dict:
     """nms_threshold and score_threshold of the graph's MultiBoxDetection (MXNet's defaults
     0.5 and 0.01 where it does not say)."""
-    detection = [n for n in graph["nodes"] if n["op"] == "_contrib_MultiBoxDetection"]
-    attrs = detection[0]["attrs"] if detection else {}
-    return {"nms_threshold": float(attrs.get("nms_threshold", 0.5)),
-            "score_threshold": float(attrs.get("threshold", 0.01))}
+    settings = sagemaker_graph.detection(graph) or {"nms_threshold": 0.5, "threshold": 0.01}
+    return {"nms_threshold": settings["nms_threshold"],
+            "score_threshold": settings["threshold"]}
 
 
 def import_sagemaker_model(source: str, output_dir: str, *,
                            class_names: list[str] | None = None,
-                           max_detections: int = 200) -> ImportedModel:
+                           max_detections: int = 200,
+                           image_size: int | None = None) -> ImportedModel:
     """Reads a SageMaker Object Detection model and writes a tfssd model directory and export.
 
     Args:
@@ -216,6 +180,8 @@ def import_sagemaker_model(source: str, output_dir: str, *,
       output_dir: the model directory to write (must not hold a model yet).
       class_names: names by class id; default "0", "1", ...
       max_detections: detections per image of the export.
+      image_size: the image_shape the model was trained with, when the artifact has no
+        hyperparams.json saying it (it is not in the graph).
 
     Raises:
       SageMakerImportError: not a SageMaker Object Detection model tfssd can rebuild; the
@@ -224,15 +190,12 @@ def import_sagemaker_model(source: str, output_dir: str, *,
     if os.path.exists(os.path.join(output_dir, RUN_FILE)):
         raise SageMakerImportError(f"{output_dir} already holds a model ({RUN_FILE})")
     graph, params, hyper = read_artifact(source)
-    geometry = recognise(graph, params, hyper)
+    geometry = recognise(graph, params, hyper, image_size)
     class_names = list(class_names or [str(c) for c in range(geometry["num_classes"])])
     if len(class_names) != geometry["num_classes"]:
         raise SageMakerImportError(f"{len(class_names)} class names for a model of "
                                    f"{geometry['num_classes']} classes")
-    try:
-        ssd = ssd_network(**geometry)
-    except ValueError as e:
-        raise SageMakerImportError(f"cannot build {geometry}: {e}") from None
+    ssd = _build(geometry, graph)
     found = differences(graph, params, ssd)
     if found:
         raise SageMakerImportError(
@@ -250,7 +213,8 @@ def import_sagemaker_model(source: str, output_dir: str, *,
         max_detections=max_detections, **settings)
     run = {**geometry, "class_names": class_names,
            "imported_from": {"source": os.path.abspath(source), "hyperparameters": hyper,
-                             **settings}}
+                             **settings, "multibox_detection": sagemaker_graph.detection(graph),
+                             "multibox_priors": sagemaker_graph.priors(graph)}}
     with open(os.path.join(output_dir, RUN_FILE), "w", encoding="utf-8") as f:
         json.dump(run, f, indent=2)
     return ImportedModel(model_dir=output_dir, export_dir=exported, **geometry)
