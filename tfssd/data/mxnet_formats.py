@@ -9,8 +9,8 @@ continuation flag (upper 3 bits) and the length (lower 29), the data, padding to
 record whose data contains the magic number is written in parts (flag 1 first, 2 middle, 3
 last) with the magic dropped at each split. MXNet's image records start with an IRHeader (uint32
 flag, float32 label, uint64 id, uint64 id2); a flag > 0 is the number of float32 label values
-that follow it; the image bytes come last. The .idx file (record offsets) and the .lst file im2rec leaves
-beside a .rec are not needed.
+that follow it; the image bytes come last. The .idx file (record offsets) and the .lst file
+that im2rec leaves beside a .rec are not needed.
 """
 
 from __future__ import annotations

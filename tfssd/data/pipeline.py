@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-
 from absl import logging
 
 from tfssd.data import augment, sagemaker_channels, schema, targets

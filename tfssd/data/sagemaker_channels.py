@@ -272,7 +272,14 @@ def _checked_im2rec(records: Iterable[bytes], channel: str):
 
 # Pipe mode ---------------------------------------------------------------------------------
 
-_PEEKED: dict[str, "_PrefixedStream"] = {}  # pipes whose first bytes detect_format has read
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` of ``items`` (the last one shorter)."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+_PEEKED: dict[str, _PrefixedStream] = {}  # pipes whose first bytes detect_format has read
 _NEXT_PASS: dict[str, int] = {}  # by pipe prefix: the pass a new reader of a stream starts at
 
 
@@ -451,7 +458,7 @@ class PipeStream:
                     items = self._items(stream, k)
                     for _ in itertools.islice(items, passed_over):
                         pass
-                    chunks = iter(lambda: list(itertools.islice(items, self.CHUNK)), [])
+                    chunks = _chunks(items, self.CHUNK)
                     chunk = next(chunks, [])
                     if not chunk:
                         report(self._pass_text(k, summary, passed_over, drained))
