@@ -303,34 +303,36 @@ class Trainer:
             max_detections=model.max_detections)
         return export_path, chosen, served
 
-    def _report_exported(self, early: EarlyStopping, served: SSD | None,
-                         evaluate_again: bool = True) -> None:
-        """The last validation:mAP line: the exported weights' mAP (chief; with validation).
+    def _evaluate_export(self, early: EarlyStopping, served: SSD
+                         ) -> tuple[float | None, Validator | None]:
+        """The exported network's validation mAP where it differs from the record: (its mAP, the
+        validator that measured it), else (None, None).
 
         The export holds the best epoch's weights exactly; where it also computes as validation
-        did (the same precision) its mAP is that epoch's. A float32 export of a run trained in
-        mixed precision is evaluated again (``evaluate_again``; not on a stop, short of time).
+        did (the same precision) its mAP is that epoch's, recorded. A float32 export of a run
+        trained in mixed precision is evaluated again (on the chief).
+        """
+        if served is self.ssd or not (self.checkpoints.best and early.best_epoch):
+            return None, None
+        validator = Validator(self.config, served.model, self.ssd.anchors, self.class_names,
+                              self.input_format, self._data_error)
+        result, _ = validator.evaluate()
+        return result.mean_ap, validator
+
+    def _report_exported(self, early: EarlyStopping, evaluated: float | None, how: str) -> None:
+        """The last validation:mAP line: the exported weights' mAP (chief; with validation).
+
+        ``evaluated``: the export evaluated again, else None for the best epoch's recorded mAP
+        (``how`` says why that is the export's).
         """
         if not (self.checkpoints.best and early.best_epoch):
             return
         cfg = self.config.train
-        if served is None:
-            self.reporter.exported_validation(early.best, early.best_epoch,
-                                              "the best epoch's validation, recorded")
-        elif served is self.ssd:
-            how = "the best epoch's validation; the export has exactly its weights and precision"
-            self.reporter.exported_validation(early.best, early.best_epoch, how)
-        elif evaluate_again:
-            validator = Validator(self.config, served.model, self.ssd.anchors, self.class_names,
-                                  self.input_format, self._data_error)
-            result, _ = validator.evaluate()
+        if evaluated is not None:
             how = (f"evaluated again in the export's {cfg.export_precision}; the run validated "
-                   f"in {cfg.precision}: {early.best:.4f}")
-            self.reporter.exported_validation(result.mean_ap, early.best_epoch, how)
-        else:
-            how = (f"the best epoch's validation in {cfg.precision}; the export computes in "
-                   f"{cfg.export_precision}, not evaluated again")
-            self.reporter.exported_validation(early.best, early.best_epoch, how)
+                   f"it in {cfg.precision}: {early.best:.4f}")
+        self.reporter.exported_validation(early.best if evaluated is None else evaluated,
+                                          early.best_epoch, how)
 
     def _stopped(self, stopped: stop_signal.Preempted, early: EarlyStopping) -> None:
         """After SIGTERM's checkpoint: with ``export_on_stop`` the chief exports the best weights,
@@ -345,7 +347,10 @@ class Trainer:
                 early, f"the weights of step {stopped.step}")
             self.reporter.log(f"SIGTERM: exported {chosen} to {stopped.export_path}; a job that "
                               "resumes from the checkpoint exports again at its end.")
-            self._report_exported(early, served, evaluate_again=False)
+            self._report_exported(early, None, (
+                "the best epoch's validation; the export has exactly its weights" +
+                ("" if served is self.ssd else f", computing in {cfg.export_precision} where "
+                 f"the run validated in {cfg.precision} (not evaluated again: short of time)")))
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
 
@@ -360,7 +365,7 @@ class Trainer:
             export_path = exported
             self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
                               "version written).")
-            self._report_exported(early, None)
+            self._report_exported(early, None, "the best epoch's validation, recorded")
         elif self.cluster.is_chief:
             export_path, chosen, served = self._export(early)
             self.reporter.log(
@@ -369,8 +374,10 @@ class Trainer:
                 f"{export_path} ({cfg.export_precision}). Checkpoints and TensorBoard logs: "
                 f"{cfg.model_dir} "
                 f"(tensorboard --logdir {cfg.model_dir}).")
-            self._write_report(step // cfg.steps_per_epoch, early)
-            self._report_exported(early, served)
+            evaluated, validator = self._evaluate_export(early, served)
+            self._write_report(step // cfg.steps_per_epoch, early, validator)
+            self._report_exported(early, evaluated, "the best epoch's validation; the export has "
+                                                    "exactly its weights and precision")
         self.runner.finish(self.model)
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -379,17 +386,22 @@ class Trainer:
                               stopped_early=stopped_early, export_path=export_path,
                               model_dir=cfg.model_dir)
 
-    def _write_report(self, last_epoch: int, early: EarlyStopping) -> None:
+    def _write_report(self, last_epoch: int, early: EarlyStopping,
+                      export_validator: Validator | None = None) -> None:
         """The evaluation report (evaluation/plots.py) into MODEL_DIR/report: of the exported
-        weights, evaluated again when they are not the last epoch's (on one worker)."""
+        weights, evaluated again when they are not the last epoch's (on one worker), or as
+        ``export_validator`` evaluated the exported network."""
         if self.validator.last_evaluator is None:
             return
-        epoch = last_epoch
-        if early.best_epoch and early.best_epoch != last_epoch and self.cluster.num_workers == 1:
+        epoch, validator = last_epoch, export_validator or self.validator
+        if export_validator is not None:
+            epoch = early.best_epoch
+        elif early.best_epoch and early.best_epoch != last_epoch and (
+                self.cluster.num_workers == 1):
             self.validator.evaluate()  # the best weights are loaded: what was exported
             epoch = early.best_epoch
         folder = os.path.join(self.config.train.model_dir, "report")
-        figures = self.validator.write_report(folder)
+        figures = validator.write_report(folder)
         best = figures.curves[report.OVERALL].best()
         threshold = (f"; F1 is best ({best['f1']:.3f}) at score >= {best['threshold']:.2f}"
                      if best["threshold"] is not None else "")
