@@ -156,7 +156,8 @@ def ssd_symbol(network, image_shape, num_classes, divisor, frozen=False):
     """The training symbol, as SageMaker saves it (``frozen``: see ``bn``)."""
     data = mx.sym.Variable("data")
     label = mx.sym.Variable("label")
-    body = resnet50_v2(data, divisor, frozen) if network == "resnet-50" else vgg16_reduced(data, divisor)
+    body = (resnet50_v2(data, divisor, frozen) if network == "resnet-50"
+            else vgg16_reduced(data, divisor))
     from_layers, num_filters, strides, pads, norms, steps, scales, ratios = ssd_layout(
         network, image_shape)
     internals = body.get_internals()
@@ -238,12 +239,16 @@ def random_params(symbol, image_shape, rng):
     return params
 
 
-def initial_params(symbol, image_shape, rng):
-    """A start for training: He-normal kernels, zero biases, BatchNorm at identity, L2 scale 20."""
+def initial_params(symbol, image_shape, rng, small_heads=False):
+    """A start for training: He-normal kernels, zero biases, BatchNorm at identity, L2 scale 20;
+    ``small_heads`` (VGG-16, which has no BatchNorm): heads' kernels of deviation 0.001, so that
+    the first steps' gradients do not kill the backbone's units."""
     params = random_params(symbol, image_shape, rng)
     for key, value in params.items():
         name = key[4:]
-        if name.endswith(("_bias", "_beta", "_moving_mean")):
+        if small_heads and name.endswith("_pred_conv_weight"):
+            params[key] = mx.nd.array(rng.normal(0, 0.001, value.shape).astype(np.float32))
+        elif name.endswith(("_bias", "_beta", "_moving_mean")):
             params[key] = mx.nd.zeros(value.shape)
         elif name.endswith(("_gamma", "_moving_var")):
             params[key] = mx.nd.ones(value.shape)
@@ -267,7 +272,8 @@ def shapes(count, size, rng, max_objects=4):
             if cls == 0:
                 mask = np.ones((h, w), bool)
             elif cls == 1:
-                yy, xx = (rows[:h, :w] + 0.5 - h / 2) / (h / 2), (cols[:h, :w] + 0.5 - w / 2) / (w / 2)
+                yy = (rows[:h, :w] + 0.5 - h / 2) / (h / 2)
+                xx = (cols[:h, :w] + 0.5 - w / 2) / (w / 2)
                 mask = yy ** 2 + xx ** 2 <= 1
             else:  # apex at the top centre, base along the bottom
                 mask = np.abs(cols[:h, :w] + 0.5 - w / 2) <= (rows[:h, :w] + 0.5) * w / (2 * h)
@@ -406,7 +412,8 @@ def main():
         symbol = ssd_symbol(args.network, args.image_shape, args.num_classes, args.width_divisor)
     images, labels = shapes(max(args.images, 2), args.image_shape, rng)
     if args.train_steps:
-        params = train(symbol, initial_params(symbol, args.image_shape, rng), args.image_shape,
+        start = initial_params(symbol, args.image_shape, rng, args.network == "vgg-16")
+        params = train(symbol, start, args.image_shape,
                        args.train_steps, args.batch, args.learning_rate, rng)
     else:
         params = random_params(symbol, args.image_shape, rng)
@@ -443,7 +450,8 @@ def main():
             np.savez_compressed(os.path.join(args.out, "outputs.npz"), **outputs)
             valid = outputs["detections"][:, :, 0] >= 0
             print("anchors", outputs["anchors"].shape[1], "valid detections", valid.sum(axis=1),
-                  "max score", outputs["cls_prob"][:, 1:].max())
+                  "max score", outputs["cls_prob"][:, 1:].max(), "difference between images",
+                  np.abs(outputs["cls_prob"][0] - outputs["cls_prob"][1]).max())
         if args.loss_check:
             check = loss_check(args.network, args.image_shape, args.num_classes,
                                args.width_divisor, params, images, labels)

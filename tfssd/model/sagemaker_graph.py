@@ -162,7 +162,7 @@ def expected(network: str, extra: list, num_classes: int, width_multiplier: floa
     target = g.op("_contrib_MultiBoxTarget", "multibox_target", [anchor_boxes, label, cls_preds],
                   overlap_threshold=0.5, ignore_label=-1, negative_mining_ratio=3,
                   minimum_negative_samples=0, negative_mining_thresh=0.5)
-    output = lambda k: (target[0], k)  # noqa: E731
+    output = lambda k: (target[0], k)
     cls_prob = g.op("SoftmaxOutput", "cls_prob", [cls_preds, output(2)], ignore_label=-1,
                     use_ignore=True, multi_output=True, normalization="valid")
     loc_loss = g.op("MakeLoss", "loc_loss", [g.op("smooth_l1", "loc_loss_", [g.op(
