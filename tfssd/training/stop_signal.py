@@ -26,6 +26,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
+from absl import logging
+
 EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
 
 
@@ -128,8 +130,15 @@ class ClusterStop(LocalStop):
             # Polled once a second in TF's thread: our handler owns SIGTERM, for validation.
             termination_watcher_fn=self.event.is_set, exit_fn=self._exit,
             grace_period=0, save_fn=self._save_now)
-        self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            self._resolver, counter, termination_config=config)
+        try:
+            self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                self._resolver, counter, termination_config=config)
+        except (tf.errors.OpError, NotImplementedError, ValueError) as e:
+            # Without the coordination service no step can be agreed: SIGTERM keeps its effect,
+            # and the run resumes from its last epoch's (or checkpoint_every_steps') checkpoint.
+            logging.warning("SIGTERM cannot be answered with a checkpoint on this cluster "
+                            "(PreemptionCheckpointHandler: %s); it ends the process.", e)
+            super().__exit__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,7 +165,8 @@ class ClusterStop(LocalStop):
     def after_step(self, step: int, save: Callable[[int], str | None]) -> None:
         """Called after every step on every worker (the handler counts the calls)."""
         self._step, self._save = step, save
-        self._handler.save_checkpoint_if_preempted()
+        if self._handler is not None:
+            self._handler.save_checkpoint_if_preempted()
 
 
 @contextlib.contextmanager
