@@ -228,12 +228,16 @@ def test_a_piped_manifest_and_piped_tfrecords_stream_too(tmp_path):
     import tensorflow as tf
 
     prefix = str(tmp_path / "manifest")
-    records = [JPEG, _label((1, 2)), JPEG, _label((0, 4), (1, 8))]
+    metadata = json.dumps({"class-map": {"0": "cat", "1": "dog"}}).encode()
+    records = [JPEG, _label((1, 2)), metadata, JPEG, _label((0, 4), (1, 8))]
     data = b"".join(_record(r) for r in records)
     writer = sm.PipeWriter(f"{prefix}_0", data, timeout=60)
     stream = sagemaker_channels.PipeStream("train", sagemaker_channels.MANIFEST, prefix,
-                                           ("cat", "dog"), 350, epochs=1, num_training_samples=2)
-    examples = list(stream.examples(limit=2, report=lambda text: None))
+                                           ("0", "1"), 350, epochs=1, num_training_samples=2)
+    reports = []
+    examples = list(stream.examples(limit=2, report=reports.append))
+    assert "the manifest's class-map names the classes ['cat', 'dog'], the model ['0', '1']" \
+        in reports[0]  # names come before training, from validation or the ids
     writer.join(timeout=10)
     labels = [list(tf.train.Example.FromString(e).features.feature["image/label"]
                    .float_list.value) for e in examples]

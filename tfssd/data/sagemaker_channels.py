@@ -402,8 +402,10 @@ class PipeStream:
             data = json.load(f)
         return cls(**{**data, "class_names": tuple(data["class_names"])})
 
-    def _items(self, stream, k: int) -> Iterator[SourceImage | bytes]:
-        """Pass k's images as items (TFRecord: serialized examples as they are)."""
+    def _items(self, stream, k: int, names_by_id: dict[int, str]
+               ) -> Iterator[SourceImage | bytes]:
+        """Pass k's images as items (TFRecord: serialized examples as they are); a manifest's
+        class-map names go into ``names_by_id``."""
         where, base = self.pipe(k), os.path.basename(self.pipe(k))
         if self.format == TFRECORD:
             yield from read_tfrecord_stream(stream, where)
@@ -413,7 +415,7 @@ class PipeStream:
             for number, record in enumerate(_checked_im2rec(records, self.channel)):
                 yield mxnet_formats.image_item(record, base, number)
         else:
-            yield from iter_manifest_items(records, base, {})
+            yield from iter_manifest_items(records, base, names_by_id)
 
     def examples(self, skip: int = 0, limit: int | None = None, spare: int = 0,
                  report: Callable[[str], None] = print, workers: int | None = None
@@ -455,13 +457,14 @@ class PipeStream:
                 drained = 0
                 started = time.time()
                 with open_pipe(self.pipe(k)) as stream:
-                    items = self._items(stream, k)
+                    names_by_id: dict[int, str] = {}
+                    items = self._items(stream, k, names_by_id)
                     for _ in itertools.islice(items, passed_over):
                         pass
                     chunks = _chunks(items, self.CHUNK)
                     chunk = next(chunks, [])
                     if not chunk:
-                        report(self._pass_text(k, summary, passed_over, drained))
+                        report(self._pass_text(k, summary, passed_over, drained, names_by_id))
                     while chunk:
                         following = next(chunks, [])  # read ahead: the pass's end is known first
                         records = []
@@ -483,7 +486,8 @@ class PipeStream:
                         summary.images_written += len(records)
                         if not following:
                             summary.seconds = time.time() - started
-                            report(self._pass_text(k, summary, passed_over, drained))
+                            report(self._pass_text(k, summary, passed_over, drained,
+                                                   names_by_id))
                         for record in records:
                             yield record
                             yielded += 1
@@ -494,7 +498,8 @@ class PipeStream:
                 if limit is not None and yielded >= limit:
                     return
 
-    def _pass_text(self, k: int, summary, passed_over: int, drained: int) -> str:
+    def _pass_text(self, k: int, summary, passed_over: int, drained: int,
+                   names_by_id: dict[int, str]) -> str:
         text = (f"Channel {self.channel}: {summary.images_read} images ({self.format}, Pipe "
                 f"mode) of pass {k} ({self.pipe(k)}), converted in memory")
         if passed_over:
@@ -502,6 +507,12 @@ class PipeStream:
                      "epoch's position)")
         if drained:
             text += f"; {drained} more read to the pipe's end, unused (the run needs no more)"
+        named = sagemaker_formats.class_names(names_by_id)
+        if named and named != list(self.class_names[:len(named)]):
+            summary.notes.append(
+                f"the manifest's class-map names the classes {named}, the model "
+                f"{list(self.class_names)}: a streamed channel's names are not known before "
+                "training, so they come from the validation channel, else the class ids")
         text += ":\n" + summary.format()
         written = summary.images_written
         if k == 0 and not passed_over and not drained and written != self.num_training_samples:
