@@ -508,7 +508,7 @@ class PipeStream:
         if drained:
             text += f"; {drained} more read to the pipe's end, unused (the run needs no more)"
         named = sagemaker_formats.class_names(names_by_id)
-        if named and named != list(self.class_names[:len(named)]):
+        if k == 0 and named and named != list(self.class_names[:len(named)]):
             summary.notes.append(
                 f"the manifest's class-map names the classes {named}, the model "
                 f"{list(self.class_names)}: a streamed channel's names are not known before "
