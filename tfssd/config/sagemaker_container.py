@@ -6,8 +6,9 @@ channel: ``ContentType``, ``TrainingInputMode`` File/Pipe/FastFile, ``RecordWrap
 None/RecordIO) and ``resourceconfig.json`` (``current_host``, ``hosts``); a channel arrives as
 the folder ``input/data/<channel>/`` (File mode) or as one FIFO per pass over it,
 ``input/data/<channel>_<epoch>`` (Pipe mode). What the job leaves in ``model/`` becomes
-model.tar.gz, ``output/failure`` the failure reason the user sees, and ``checkpoints/`` (when
-the job configures checkpointing) is synced with S3 and given back to a resumed job.
+model.tar.gz, ``output/failure`` the failure reason the user sees, and the checkpoint folder
+(when the job configures checkpointing: ``input/config/checkpointconfig.json``'s ``LocalPath``,
+by default ``checkpoints/``) is synced with S3 and given back to a resumed job.
 
 AWS's training toolkit, when an image installs it, also sets ``SM_*`` variables
 (``SM_CHANNEL_<NAME>``, ``SM_MODEL_DIR``, ``SM_HOSTS`` ...); where set they win over the files.
