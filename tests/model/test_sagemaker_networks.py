@@ -141,6 +141,15 @@ def test_multibox_detection_takes_one_class_per_anchor():
     found = multibox_detection(tf.math.log(probabilities), deltas, wide,
                                mxnet=MultiBoxDetection(clip=False))
     assert found["detection_boxes"].numpy().max() > 1.2
+    # Tied scores: the lower anchor comes first and suppresses the other (MXNet's stable sort),
+    # with nms_topk 0 (every anchor) as with 400.
+    tied = np.tile(probabilities[:, :1], (1, 30, 1))
+    boxes = tf.constant([[0.1, 0.1 + 0.01 * k, 0.5, 0.5 + 0.01 * k] for k in range(30)])
+    for topk in (0, 400):
+        found = multibox_detection(tf.math.log(tied), tf.zeros((1, 30, 4)), boxes,
+                                   mxnet=MultiBoxDetection(nms_topk=topk))
+        kept = found["detection_boxes"][0, :int(found["num_detections"][0])].numpy()
+        np.testing.assert_allclose(kept[:, 1], [0.1, 0.26], atol=1e-6)  # anchors 0 and 16
 
 
 def mxnet_detection(probabilities, boxes, threshold=0.01, nms_threshold=0.45, top_k=400):

@@ -119,14 +119,16 @@ def multibox_detection(cls_logits: tf.Tensor, box_deltas: tf.Tensor, anchors: tf
 def _strictly_decreasing(scores: tf.Tensor) -> tf.Tensor:
     """float32 [B, K] sorted descending, >= 0 -> the same, strictly decreasing where positive:
     as int32 bits (monotone for non-negative floats), b'_r = min_{j <= r}(b_j + j) - r, so that
-    b'_r <= b_r - (number of ties before r within that run)."""
-    bits = tf.bitcast(scores, tf.int32)
-    k = int(scores.shape[-1])
-    rank = tf.range(k)
-    earlier = rank[None, :] <= rank[:, None]  # [K (r), K (j)]
-    shifted = tf.where(earlier[None], (bits + rank[None])[:, None, :], tf.int32.max)
-    ranked = tf.maximum(tf.reduce_min(shifted, axis=-1) - rank[None], 0)
-    return tf.bitcast(ranked, tf.float32)
+    b'_r <= b_r - (number of ties before r within that run). The prefix minimum in log2(K)
+    steps of shifted minima."""
+    rank = tf.range(int(scores.shape[-1]))
+    prefix = tf.bitcast(scores, tf.int32) + rank[None]
+    shift = 1
+    while shift < int(scores.shape[-1]):
+        earlier = tf.pad(prefix[:, :-shift], [[0, 0], [shift, 0]], constant_values=tf.int32.max)
+        prefix = tf.minimum(prefix, earlier)
+        shift *= 2
+    return tf.bitcast(tf.maximum(prefix - rank[None], 0), tf.float32)
 
 
 def detect(model, images: tf.Tensor, anchors: tf.Tensor, **settings) -> dict[str, tf.Tensor]:
