@@ -38,11 +38,14 @@ class Preempted(Exception):
     """
 
     def __init__(self, step: int, checkpoint: str | None):
+        super().__init__(step, checkpoint)
         self.step = step
         self.checkpoint = checkpoint
         self.export_path: str | None = None
-        super().__init__(f"SIGTERM: stopped at step {step} after saving the checkpoint "
-                         f"{checkpoint}; the same command (or the next job) resumes from it.")
+
+    def __str__(self) -> str:
+        return (f"SIGTERM: stopped at step {self.step} after saving the checkpoint "
+                f"{self.checkpoint}; the same command (or the next job) resumes from it.")
 
 
 class Interrupted(Exception):

@@ -351,8 +351,9 @@ class Trainer:
                 "the best epoch's validation; the export has exactly its weights" +
                 ("" if served is self.ssd else f", computing in {cfg.export_precision} where "
                  f"the run validated in {cfg.precision} (not evaluated again: short of time)")))
-        if not self.cluster.is_chief:
+        if not self.cluster.is_chief:  # its own save went to the scratch directory
             shutil.rmtree(self.model_dir, ignore_errors=True)
+            stopped.checkpoint = f"{cfg.model_dir}/ckpt-{stopped.step} (the chief's)"
 
     def _finish(self, step: int, stopped_early: bool, early: EarlyStopping,
                 trained: bool = True) -> TrainingResult:
