@@ -95,8 +95,9 @@ def test_sigterm_during_validation_then_the_next_job_and_its_final_metric_line(
         shapes_voc, tmp_path, monkeypatch, absl_lines):
     """The epoch's checkpoint is written before validation, so a SIGTERM (a real one, sent by
     the process to itself after validation's first batch) stops the job at once with nothing
-    lost; the stopped job leaves a SavedModel in /opt/ml/model. The next job validates that
-    epoch first, trains on, and its last validation:mAP line is the exported model's."""
+    lost; the stopped job leaves a SavedModel of its best weights in /opt/ml/model. The next
+    job validates that epoch first and trains on; its last validation:mAP line is the exported
+    model's (checked by evaluating the export)."""
     from tfssd import api
     from tfssd.evaluation import validation
     from tfssd.training import sagemaker_job, stop_signal
@@ -120,41 +121,60 @@ def test_sigterm_during_validation_then_the_next_job_and_its_final_metric_line(
     (root / "input/config/checkpointconfig.json").write_text(json.dumps(
         {"LocalPath": str(checkpoints), "S3Uri": "s3://bucket/checkpoints"}))
 
-    draw = validation.Validator._draw
-    calls = []
+    draw = validation.Validator._draw  # called once per validation, on its first batch
 
-    def sigterm_after_the_first_batch(self, *args):
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return draw(self, *args)
+    def sigterm_at_validation(number):
+        calls = []
 
-    monkeypatch.setattr(validation.Validator, "_draw", sigterm_after_the_first_batch)
+        def draw_then_sigterm(self, *args):
+            calls.append(1)
+            if len(calls) == number:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return draw(self, *args)
+
+        monkeypatch.setattr(validation.Validator, "_draw", draw_then_sigterm)
+
+    def job():
+        absl_lines.clear()
+        try:
+            return sagemaker_job.run({}, environ)
+        finally:
+            job.log = "\n".join(absl_lines)
+
+    sigterm_at_validation(1)
     with pytest.raises(stop_signal.Preempted) as stopped:
-        sagemaker_job.run({}, environ)
-    log = "\n".join(absl_lines)
-    assert "SIGTERM during the validation of epoch 1: its checkpoint (step 2)" in log
+        job()
+    assert "SIGTERM during the validation of epoch 1: its checkpoint (step 2)" in job.log
     assert stopped.value.step == 2 and (checkpoints / "ckpt-2.index").is_file()
-    assert not MAP_LINE.search(log)  # the validation did not finish
+    assert not MAP_LINE.search(job.log)  # the validation did not finish
     assert stopped.value.export_path == str(root / "model" / "1")
     assert (root / "model" / "1" / "saved_model.pb").is_file()  # a stopped job's model
     assert (root / "model" / "checkpoints" / "tfssd_run.json").is_file()
-    assert "a deployable model" in log
+    assert "so that the stopped job leaves a deployable model" in job.log
+
+    # The next job validates epoch 1 first, trains epoch 2, and is stopped in its validation:
+    # it exports epoch 1's weights, the best, and says so in a last metric line.
+    sigterm_at_validation(2)
+    with pytest.raises(stop_signal.Preempted) as stopped:
+        job()
+    assert "The checkpoint of epoch 1 was written before its validation" in job.log
+    lines = MAP_LINE.findall(job.log)
+    assert [epoch for _, epoch, _ in lines] == ["0", "0"] and lines[0] == lines[1]
+    assert {host for host, _, _ in lines} == {"algo-1"}  # resourceconfig.json's current_host
+    assert stopped.value.step == 4 and stopped.value.export_path == str(root / "model" / "2")
+    assert "exported the best validation mAP" in job.log
 
     monkeypatch.setattr(validation.Validator, "_draw", draw)
-    absl_lines.clear()
-    result = sagemaker_job.run({}, environ)
-    log = "\n".join(absl_lines)
-    assert "The checkpoint of epoch 1 was written before its validation" in log
-    lines = MAP_LINE.findall(log)
-    assert [epoch for _, epoch, _ in lines[:2]] == ["0", "1"] and len(lines) == 3
-    assert {host for host, _, _ in lines} == {"algo-1"}  # resourceconfig.json's current_host
+    result = job()
+    assert "The checkpoint of epoch 2 was written before its validation" in job.log
+    lines = MAP_LINE.findall(job.log)
+    assert [epoch for _, epoch, _ in lines[:1]] == ["1"] and len(lines) == 2
     host, epoch, final = lines[-1]
-    assert int(epoch) == result.best_epoch - 1 and result.export_path == str(root / "model" / "2")
+    assert int(epoch) == result.best_epoch - 1 and result.export_path == str(root / "model" / "3")
     # The last line is the exported model's mAP: evaluated here as a deployment sees it.
     records = sorted(str(p) for p in (root / "tfssd-work").rglob("validation*.tfrecord"))
     exported = api.evaluate(result.export_path, records, batch_size=8).voc.mean_ap
-    assert float(final) == pytest.approx(exported, abs=1e-4), log
+    assert float(final) == pytest.approx(exported, abs=1e-4), job.log
 
 
 # -- SIGTERM on every worker of a dist_sync cluster --------------------------------------------

@@ -245,7 +245,7 @@ class Trainer:
             f"seed {self.state.seed}.")
         if step == 0:
             self.reporter.hyperparameters()
-        first_step = step
+        first_step, pending = step, None
         evaluate = self.evaluate if self._validates() else None
         try:
             # SIGTERM: a checkpoint after the step in flight (on every dist_sync worker at the
@@ -280,7 +280,8 @@ class Trainer:
         except stop_signal.Preempted as stopped:
             self._stopped(stopped, early)
             raise
-        return self._finish(step, stopped_early, early, trained=step > first_step)
+        # A validation run here may have found new best weights: they are exported anew.
+        return self._finish(step, stopped_early, early, trained=step > first_step or pending)
 
     def _export(self, early: EarlyStopping, current: str = "the final weights"
                 ) -> tuple[str, str, SSD]:
