@@ -264,3 +264,15 @@ def test_validation_imports_no_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert "tensorflow imported: False" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_narrow_network_takes_imagenet_weights_only_from_a_file_of_its_own():
+    from tfssd.config.options import OPTIONS, check_options
+
+    values = parse()[0]
+    options = {o.name: o.default for o in OPTIONS} | {"train": ["t.tfrecord"],
+                                                      "width_multiplier": 0.5}
+    assert any("ImageNet weights exist for width 1 only" in e
+               for e in check_options(values, options, check_files=False))
+    options["pretrained_weights"] = "narrow_resnet50.h5"  # its shapes are checked as it loads
+    assert not any("width" in e for e in check_options(values, options, check_files=False))

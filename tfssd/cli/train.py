@@ -44,9 +44,22 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     except Preempted as e:  # not a failure: the next run resumes
         logging.warning("%s", e)
-        sys.exit(EXIT_CODE)
+        _exit_now(EXIT_CODE)
     except Exception as e:  # the run's own failures are one line; others reach run_command
         _fail_cleanly(e)
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process once its output is out, without the interpreter's teardown.
+
+    The checkpoint (and a stopped job's model) is saved by now. A Pipe-mode reader may still
+    wait in TensorFlow's input threads on SageMaker's next pipe, which would hold the
+    interpreter's teardown, and so the job, until SIGKILL.
+    """
+    python_logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fail_cleanly(error: Exception) -> None:

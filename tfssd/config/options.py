@@ -136,7 +136,8 @@ def check_options(values: Mapping[str, Any], options: Mapping[str, Any],
     width = options["width_multiplier"]
     if not 0 < width <= 1:
         errors.append(f"width_multiplier={width}: expected a float in (0, 1]")
-    elif width != 1 and values.get("use_pretrained_model"):
+    elif width != 1 and values.get("use_pretrained_model") and not options.get(
+            "pretrained_weights"):  # a file of the user's own may be narrow: checked at load
         errors.append(f"width_multiplier={width}: ImageNet weights exist for width 1 only; "
                       "use --use_pretrained_model=0 with a narrower network")
     if check_files and not options["train"]:
