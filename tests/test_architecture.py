@@ -35,9 +35,11 @@ def package_modules() -> list[str]:
 
 
 def group(module: str) -> str:
-    """A module's group: its folder under tfssd/, or ``api`` for the top-level modules."""
+    """A module's group: its folder under tfssd/, or the module itself at the top level
+    (``api``, with the package that re-exports it; ``train``, the card's ``python -m
+    tfssd.train``, stands above the commands)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 else "api"
+    return parts[1] if len(parts) > 1 else "api"
 
 
 def floors() -> dict[str, int]:
@@ -160,7 +162,8 @@ def test_names_in_strings_are_checked():
     """A module launched by name (-m, -c) counts as used; a stale name is caught."""
     used = {t for module, ts in imports() if module == "tfssd.cli.local_cluster" for t in ts}
     assert "module:tfssd.cli.train" in used
-    assert not resolves("module:tfssd.train")  # the command's old place: no module now
+    assert resolves("module:tfssd.train")  # the card's module entry
+    assert not resolves("module:tfssd.api.train")  # a function, not a module
     assert resolves("tfssd.train")  # the API function, as code such as python -c names it
     assert not resolves("tfssd.postprocess.detect")
     assert not resolves("tfssd.serving")  # as ``from tfssd import serving`` names it

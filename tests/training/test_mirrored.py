@@ -1,19 +1,20 @@
 """MirroredStrategy on two logical CPU devices against one device: the same global batch of 4
-(2 per replica), ResNet-50 from scratch (BatchNorm trains, synchronized over replicas), under
-each precision. Each case runs in a process of its own (mirrored_case.py), as logical devices
+(2 per replica; float32: 5, split 2 + 3 as SageMaker's algorithm splits a batch over GPUs),
+ResNet-50 from scratch (BatchNorm trains, synchronized over replicas), under each precision. Each case runs in a process of its own (mirrored_case.py), as logical devices
 must be set up before TensorFlow starts; the four processes run at once.
 
 Tolerances, measured on an AVX-512 CPU (TensorFlow 2.21, oneDNN on):
 
 * The first step's losses (same weights, same 4 images; one replica's BatchNorm statistics
   are summed from two halves and the loss normaliser is all-reduced): float32 agreed to
-  2.3e-5 relative (synchronized BatchNorm computes E[x^2] - E[x]^2, in another summation
+  2.3e-5 relative with 2 + 2 images, to 1.8e-4 (box loss; 3.3e-5 cross-entropy) with 2 + 3
+  (synchronized BatchNorm computes E[x^2] - E[x]^2, count-weighted, in another summation
   order), bfloat16 to 2.8e-2 (8-bit mantissa), float16 to 1.8e-3 (11-bit mantissa).
 * Later steps are not compared tightly: this tiny network from scratch is chaotic. Scaling
   conv1's kernel by 1 + 1e-6 on one device moved the second step's loss by 6%; Mirrored's
   moved it by 4.5% (mixed_bfloat16: 19%). The first float32 update differs from one device's
-  by 17% (its norm, relative); a mean instead of a sum over the two replicas' gradients would
-  be 50% off.
+  by 17% with 2 + 2 images, 5.9% with 2 + 3 (its norm, relative); a mean instead of a sum over
+  the two replicas' gradients would be 50% off.
 """
 
 import json
@@ -27,7 +28,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # precision: relative tolerance of the losses of steps that start from the same weights
-TOLERANCE = {"float32": 1e-4, "mixed_bfloat16": 0.08, "mixed_float16": 0.01}
+TOLERANCE = {"float32": 3e-4, "mixed_bfloat16": 0.08, "mixed_float16": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +70,17 @@ def test_mirrored_on_two_cpus_matches_one_device(precision, mirrored_cases):
     result = mirrored_cases(precision)
     mirrored, single = result["mirrored"], result["single"]
 
-    # Per-replica batch splitting: one input pipeline makes batches of 2 for each of the 2
-    # replicas, and together they see the same 4 images per step as one device does.
+    # Per-replica batch splitting: one input pipeline makes a batch for each of the 2 replicas
+    # in turn, and together they see the same images per step as one device does: 2 + 2, or
+    # for float32 a batch of 5 that does not divide, 2 + 3 as SageMaker's algorithm splits it.
+    batch = 5 if precision == "float32" else 4
     assert mirrored["replicas"] == 2 and single["replicas"] == 1
-    assert mirrored["pipelines"] == [{"pipelines": 1, "replicas": 2, "batch": 2}]
-    assert single["pipelines"] == [{"pipelines": 1, "replicas": 1, "batch": 4}]
+    assert mirrored["pipelines"] == [{"pipelines": 1, "replicas": 2,
+                                      "batch": None if batch % 2 else batch // 2}]
+    assert single["pipelines"] == [{"pipelines": 1, "replicas": 1, "batch": batch}]
     per_replica = mirrored["images"]
-    assert [len(batch) for batch in per_replica] == [2] * 4
+    assert [len(images) for images in per_replica] == (
+        [2, 3] * 2 if precision == "float32" else [2] * 4)
     assert sorted(per_replica[0] + per_replica[1]) == sorted(single["images"][0])
     assert sorted(per_replica[2] + per_replica[3]) == sorted(single["images"][1])
 
@@ -110,3 +115,12 @@ def test_a_step_one_replica_overflows_is_skipped_on_all(mirrored_cases):
     is on the second replica alone was applied (NaN weights, the scale kept)."""
     assert mirrored_cases("overflow") == {"skipped": 1.0, "unchanged": True,
                                           "loss_scale": 2.0 ** 14, "optimizer_steps": 0}
+
+
+def test_a_batch_splits_over_replicas_as_sagemakers_algorithm_splits_it():
+    from tfssd.training.distribution import replica_batch_sizes
+
+    assert replica_batch_sizes(33, 4) == (8, 8, 8, 9)  # MXNet's Module on 4 GPUs
+    assert replica_batch_sizes(5, 2) == (2, 3)
+    assert replica_batch_sizes(32, 8) == (4,) * 8
+    assert sum(replica_batch_sizes(61, 7)) == 61

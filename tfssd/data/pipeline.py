@@ -131,7 +131,7 @@ def piped_training_stream(description: str, *, samples_per_epoch: int, seed,
 
 
 def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_size: int,
-                        label_width: int, num_classes: int, batch_size: int,
+                        label_width: int, num_classes: int, batch_size: int | tuple[int, ...],
                         samples_per_epoch: int, seed, start_sample: int = 0,
                         shuffle_buffer: int = 1024, input_format: str = "tfssd",
                         skip_corrupt_records: bool = False,
@@ -146,7 +146,9 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
       image_size: side of the square network input.
       label_width: labels longer than this stop the run with the record named.
       num_classes: a class id outside [0, num_classes) stops the run with the record named.
-      batch_size: examples per batch of this pipeline (per replica).
+      batch_size: examples per batch of this pipeline (per replica); a tuple gives each of this
+        pipeline's replicas its own, in turn (a batch that does not divide evenly: the elements
+        then have an unknown batch dimension).
       samples_per_epoch: examples in one epoch over all workers.
       seed: the run's seed (data order and augmentation); an int or an int64 scalar tensor.
       start_sample: global index to start from (resume).
@@ -186,8 +188,24 @@ def build_train_dataset(files: tuple[str, ...], anchors: np.ndarray, *, image_si
     dataset = stream.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_corrupt_records:
         dataset = dataset.ignore_errors(log_warning=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    if isinstance(batch_size, int) or len(set(batch_size)) == 1:
+        size = batch_size if isinstance(batch_size, int) else batch_size[0]
+        return dataset.batch(size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(sum(batch_size), drop_remainder=True)
+    return dataset.flat_map(lambda *batch: _split_batch(batch, batch_size)).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def _split_batch(batch, sizes: tuple[int, ...]) -> tf.data.Dataset:
+    """One batch as consecutive batches of ``sizes`` (the replicas of a pipeline take its
+    elements in turn)."""
+    pieces, start = None, 0
+    for size in sizes:
+        piece = tf.data.Dataset.from_tensors(
+            tf.nest.map_structure(lambda t, start=start, size=size: t[start:start + size], batch))
+        pieces = piece if pieces is None else pieces.concatenate(piece)
+        start += size
+    return pieces
 
 
 def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_width: int,

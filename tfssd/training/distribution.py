@@ -164,11 +164,18 @@ def build_strategy(cluster: Cluster, mini_batch_size: int):
         return tf.distribute.experimental.ParameterServerStrategy(resolver)
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
-        if mini_batch_size % len(gpus):
-            raise DistributionError(
-                f"mini_batch_size={mini_batch_size} does not divide over {len(gpus)} GPUs")
+        if mini_batch_size < len(gpus):
+            raise DistributionError(f"mini_batch_size={mini_batch_size} is smaller than the "
+                                    f"{len(gpus)} GPUs it is split over; give each at least one")
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def replica_batch_sizes(batch_size: int, replicas: int) -> tuple[int, ...]:
+    """``batch_size`` split over ``replicas`` as SageMaker's algorithm splits a batch over GPUs:
+    as evenly as can be, the last replicas taking one more (33 over 4: 8, 8, 8, 9)."""
+    share, extra = divmod(batch_size, replicas)
+    return (share,) * (replicas - extra) + (share + 1,) * extra
 
 
 def _reachable(address: str) -> bool:

@@ -32,7 +32,7 @@ from tfssd.evaluation.validation import Validator, ground_truth_per_class
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.model.freezing import FreezePatternError
 from tfssd.model.ssd import SSD, build_ssd
-from tfssd.training import errors, optimization, runners, state, stop_signal
+from tfssd.training import distribution, errors, optimization, runners, state, stop_signal
 from tfssd.training.controller import Controller
 from tfssd.training.distribution import Cluster
 from tfssd.training.early_stopping import EarlyStopping
@@ -183,12 +183,20 @@ class Trainer:
 
     def build_train_dataset(self, input_context: tf.distribute.InputContext, seed,
                             start_sample: int = 0) -> tf.data.Dataset:
-        """This input pipeline's batches (per replica) of the run's training stream."""
+        """This input pipeline's batches (per replica) of the run's training stream; a batch
+        that does not divide over the replicas is split as SageMaker's algorithm splits it."""
         cfg, data = self.config.train, self.config.data
+        replicas = input_context.num_replicas_in_sync
+        if cfg.global_batch_size % replicas:
+            local = replicas // input_context.num_input_pipelines
+            batch_size = distribution.replica_batch_sizes(
+                cfg.global_batch_size // input_context.num_input_pipelines, local)
+        else:
+            batch_size = cfg.global_batch_size // replicas
         return pipeline.build_train_dataset(
             data.train_files, self.ssd.anchors, image_size=self.config.model.image_size,
             label_width=data.label_width, num_classes=self.config.model.num_classes,
-            batch_size=input_context.get_per_replica_batch_size(cfg.global_batch_size),
+            batch_size=batch_size,
             samples_per_epoch=cfg.steps_per_epoch * cfg.global_batch_size, seed=seed,
             start_sample=start_sample, shuffle_buffer=data.shuffle_buffer,
             input_format=self.input_format, skip_corrupt_records=data.skip_corrupt_records,
