@@ -211,14 +211,16 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
 
 
 def import_sagemaker(model: str | os.PathLike, output: str | os.PathLike, *,
-                     class_names: Sequence[str] | None = None, max_detections: int = 200):
+                     class_names: Sequence[str] | None = None, max_detections: int = 200,
+                     image_shape: int | None = None):
     """Makes a model of SageMaker's built-in Object Detection algorithm (MXNet) a tfssd model.
 
     ``model`` is SageMaker's model.tar.gz or a directory of its files; ``output`` becomes a tfssd
     model directory with the SavedModel in ``output/export/1`` (``load``, ``evaluate``, the
     commands and ``--init_from`` take it). Returns the ``ImportedModel`` written (paths and
     network). A graph that is not SageMaker's ResNet-50 or VGG-16 SSD is refused with a
-    ``ValueError`` naming the differences.
+    ``ValueError`` naming the differences. ``image_shape``: the size the model was trained at,
+    for an artifact without the ``hyperparams.json`` that says it (the graph does not).
     """
     from tfssd.deploy.sagemaker_import import import_sagemaker_model
 
@@ -226,4 +228,4 @@ def import_sagemaker(model: str | os.PathLike, output: str | os.PathLike, *,
         raise ValueError(f"max_detections={max_detections}: expected >= 1")
     return import_sagemaker_model(os.fspath(model), os.fspath(output),
                                   class_names=list(class_names) if class_names else None,
-                                  max_detections=max_detections)
+                                  max_detections=max_detections, image_size=image_shape)

@@ -195,3 +195,17 @@ def test_the_image_size_is_given_or_refused():
                        "image_shape: give the image_shape"):
         sagemaker_import.recognise(graph, params, {})
     assert sagemaker_import.recognise(graph, params, {}, image_size=160)["image_size"] == 160
+
+
+def test_an_artifact_without_hyperparams_imports_at_the_image_shape_given(tmp_path):
+    """The image size is not in the graph: without hyperparams.json it is asked for, and the
+    API (as tfssd-import-sagemaker --image_shape) takes it."""
+    archive = str(tmp_path / "model.tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ARTIFACT_FILES[:2]:
+            tar.add(os.path.join(FIXTURE, name), arcname=name)
+    with pytest.raises(ValueError, match="no hyperparams.json with image_shape"):
+        api.import_sagemaker(archive, str(tmp_path / "refused"))
+    imported = api.import_sagemaker(archive, str(tmp_path / "model"), image_shape=128)
+    with open(os.path.join(imported.model_dir, RUN_FILE), encoding="utf-8") as f:
+        assert json.load(f)["image_size"] == 128

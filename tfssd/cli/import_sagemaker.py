@@ -27,6 +27,9 @@ def define_flags() -> None:
     flags.DEFINE_list("class_names", None, "Names of the classes by id (SageMaker's artifact "
                       "has none). Default: 0, 1, ...")
     flags.DEFINE_integer("max_detections", 200, "Detections per image of the export.")
+    flags.DEFINE_integer("image_shape", None, "The image_shape the model was trained at, for an "
+                         "artifact without hyperparams.json (the graph does not say it).",
+                         lower_bound=1)
     flags.mark_flags_as_required(["model", "output"])
 
 
@@ -43,7 +46,7 @@ def main(argv):
     try:
         imported = sagemaker_import.import_sagemaker_model(
             FLAGS.model, FLAGS.output, class_names=FLAGS.class_names,
-            max_detections=FLAGS.max_detections)
+            max_detections=FLAGS.max_detections, image_size=FLAGS.image_shape)
     except ValueError as e:  # SageMakerImportError, MXNetFormatError
         fail(str(e))
         return
