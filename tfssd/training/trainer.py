@@ -253,7 +253,7 @@ class Trainer:
             f"seed {self.state.seed}.")
         if step == 0:
             self.reporter.hyperparameters()
-        first_step, pending = step, None
+        first_step, best_before = step, self.checkpoints.best
         evaluate = self.evaluate if self._validates() else None
         try:
             # SIGTERM: a checkpoint after the step in flight (on every dist_sync worker at the
@@ -288,8 +288,16 @@ class Trainer:
         except stop_signal.Preempted as stopped:
             self._stopped(stopped, early)
             raise
-        # A validation run here may have found new best weights: they are exported anew.
-        return self._finish(step, stopped_early, early, trained=step > first_step or pending)
+        # The validation an interrupted run owed may have found new best weights: exported anew.
+        trained = step > first_step or self.checkpoints.best != best_before
+        return self._finish(step, stopped_early, early, trained=trained)
+
+    def _served(self) -> SSD:
+        """The network as the export computes: built in the training precision, the export
+        computes in its own (float32 by default, whatever the run trained in), same weights."""
+        cfg = self.config.train
+        policy = precision.export_policy(cfg.export_precision)
+        return self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
 
     def _export(self, early: EarlyStopping, current: str = "the final weights"
                 ) -> tuple[str, str, SSD]:
@@ -301,10 +309,7 @@ class Trainer:
             chosen = f"the best validation mAP ({early.best:.4f}, epoch {early.best_epoch})"
         else:
             chosen = current
-        # The network was built in the training precision; the export computes in its own
-        # (float32 by default, whatever the run trained in), with the same weights.
-        policy = precision.export_policy(cfg.export_precision)
-        served = self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
+        served = self._served()
         export_path = export.export_saved_model(
             served.model, self.ssd.anchors, cfg.resolved_export_dir,
             image_size=model.image_size, class_names=self.class_names,
@@ -375,7 +380,8 @@ class Trainer:
             export_path = exported
             self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
                               "version written).")
-            self._report_exported(early, None, "the best epoch's validation, recorded")
+            evaluated, _ = self._evaluate_export(early, self._served())
+            self._report_exported(early, evaluated, "the best epoch's validation, recorded")
         elif self.cluster.is_chief:
             export_path, chosen, served = self._export(early)
             self.reporter.log(
