@@ -40,6 +40,25 @@ class Controller:
         self.consecutive_skips = 0
         self.stop = stop or LocalStop()  # not entered: no signal handler, never requested
 
+    def resume(self, step: int, early: EarlyStopping) -> bool:
+        """Before training from ``step``: the validation an interrupted run owed (its epoch's
+        checkpoint came first); True when the run is finished by early stopping."""
+        cfg = self.config.train
+        pending = self.evaluate and self.state.validation_pending(cfg.steps_per_epoch)
+        stopped = False
+        if pending:
+            self.reporter.log(f"The checkpoint of epoch {pending} was written before its "
+                              "validation, which did not finish: validating it first.")
+            stopped = self.validate(pending, step, early)
+        # A run that early stopping ended is as finished as one that ran all its epochs.
+        stopped = stopped or (self.config.early_stopping.enabled
+                              and step % cfg.steps_per_epoch == 0
+                              and early.says_stop(step // cfg.steps_per_epoch))
+        if step >= cfg.total_steps or stopped:
+            self.reporter.log("The run in this model directory is complete"
+                              f"{' (stopped early)' if stopped else ''}; nothing to train.")
+        return stopped
+
     def run(self, step: int, early: EarlyStopping) -> tuple[int, bool]:
         """Returns (the step reached, whether early stopping ended the run)."""
         cfg = self.config.train

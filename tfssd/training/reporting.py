@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfssd.config.run_config import Config
+from tfssd.evaluation import report
 from tfssd.evaluation.validation import SUMMARY_IMAGES
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.training import sagemaker_metrics
@@ -122,11 +123,33 @@ class Reporter:
                 if not np.isnan(ap):
                     tf.summary.scalar(f"AP/{name}", ap)
 
-    def exported_validation(self, mean_ap: float, epoch: int, how: str) -> None:
-        """The validation:mAP line of the exported model, after every epoch's: SageMaker's
-        tuning reads a job's last value, which is then the deployed model's (``epoch``: the
-        epoch whose weights were exported, counted from 1; ``how``: where the figure comes
-        from)."""
-        self.log(f"validation mAP of the exported model (the weights of epoch {epoch}): "
-                 f"{mean_ap:.4f} ({how}).")
-        self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, mean_ap))
+    def exported_validation(self, early, evaluated: float | None, how: str) -> None:
+        """The validation:mAP line of the exported model (a run that validated), after every
+        epoch's: SageMaker's tuning reads a job's last value, which is then the deployed model's.
+
+        ``early``: the early-stopping record (the best epoch, whose weights were exported, and
+        its mAP); ``evaluated``: the export evaluated again in its own precision, else None
+        (then ``how`` says why the best epoch's mAP is the export's).
+        """
+        if not early.best_epoch:
+            return
+        cfg = self.config.train
+        if evaluated is not None:
+            how = (f"evaluated again in the export's {cfg.export_precision}; the run validated "
+                   f"it in {cfg.precision}: {early.best:.4f}")
+        mean_ap = early.best if evaluated is None else evaluated
+        self.log(f"validation mAP of the exported model (the weights of epoch "
+                 f"{early.best_epoch}): {mean_ap:.4f} ({how}).")
+        self.log(sagemaker_metrics.validation_map(self.cluster.host, early.best_epoch - 1,
+                                                  mean_ap))
+
+    def evaluation_report(self, validator, epoch: int) -> None:
+        """The report of ``validator``'s last evaluation (evaluation/plots.py: PR and F1 curves,
+        confusion matrix, AP by size, worst images) into MODEL_DIR/report, and a line about it."""
+        folder = os.path.join(self.config.train.model_dir, "report")
+        figures = validator.write_report(folder)
+        best = figures.curves[report.OVERALL].best()
+        threshold = (f"; F1 is best ({best['f1']:.3f}) at score >= {best['threshold']:.2f}"
+                     if best["threshold"] is not None else "")
+        self.log(f"Evaluation report of the weights of epoch {epoch}: {folder} (PR and F1 "
+                 f"curves, confusion matrix, AP by size, worst images){threshold}.")

@@ -13,6 +13,7 @@ stopped or runs out of time).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -27,7 +28,6 @@ from tfssd.config import precision
 from tfssd.config.run_config import Config
 from tfssd.data import conversion, pipeline, schema
 from tfssd.deploy import saved_model as export
-from tfssd.evaluation import report
 from tfssd.evaluation.validation import Validator, ground_truth_per_class
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.model.freezing import FreezePatternError
@@ -261,22 +261,8 @@ class Trainer:
             with self.runner.stop_request() as stop:
                 controller = Controller(self.config, self.runner, self.state, self.checkpoints,
                                         self.reporter, evaluate, stop)
-                stopped_before = False
-                pending = evaluate and self.state.validation_pending(cfg.steps_per_epoch)
-                if pending:
-                    self.reporter.log(f"The checkpoint of epoch {pending} was written before its "
-                                      "validation, which did not finish: validating it first.")
-                    stopped_before = controller.validate(pending, step, early)
-                # A run that early stopping ended is as finished as one that ran all its epochs.
-                stopped_before = stopped_before or (
-                    self.config.early_stopping.enabled and step % cfg.steps_per_epoch == 0
-                    and early.says_stop(step // cfg.steps_per_epoch))
-                if step >= cfg.total_steps or stopped_before:
-                    self.reporter.log("The run in this model directory is complete"
-                                      f"{' (stopped early)' if stopped_before else ''}; nothing "
-                                      "to train.")
-                stopped_early = stopped_before
-                if not stopped_before:
+                stopped_early = controller.resume(step, early)
+                if not stopped_early:
                     self.runner.start(self.train_step, self.build_train_dataset, self.state.seed,
                                       start_sample=step * cfg.global_batch_size)
                     step, stopped_early = controller.run(step, early)
@@ -293,8 +279,8 @@ class Trainer:
         return self._finish(step, stopped_early, early, trained=trained)
 
     def _served(self) -> SSD:
-        """The network as the export computes: built in the training precision, the export
-        computes in its own (float32 by default, whatever the run trained in), same weights."""
+        """The network as the export computes: in its own precision (float32 by default,
+        whatever the run trained in), with the same weights."""
         cfg = self.config.train
         policy = precision.export_policy(cfg.export_precision)
         return self.ssd if policy == cfg.precision else self.ssd.in_precision(policy)
@@ -319,13 +305,9 @@ class Trainer:
 
     def _evaluate_export(self, early: EarlyStopping, served: SSD
                          ) -> tuple[float | None, Validator | None]:
-        """The exported network's validation mAP where it differs from the record: (its mAP, the
-        validator that measured it), else (None, None).
-
-        The export holds the best epoch's weights exactly; where it also computes as validation
-        did (the same precision) its mAP is that epoch's, recorded. A float32 export of a run
-        trained in mixed precision is evaluated again (on the chief).
-        """
+        """(mAP, validator) of the exported network where it computes in another precision than
+        validation did (a float32 export of a mixed-precision run), else (None, None): the
+        export holds the best epoch's weights exactly, and then its recorded mAP."""
         if served is self.ssd or not (self.checkpoints.best and early.best_epoch):
             return None, None
         validator = Validator(self.config, served.model, self.ssd.anchors, self.class_names,
@@ -333,25 +315,10 @@ class Trainer:
         result, _ = validator.evaluate()
         return result.mean_ap, validator
 
-    def _report_exported(self, early: EarlyStopping, evaluated: float | None, how: str) -> None:
-        """The last validation:mAP line: the exported weights' mAP (chief; with validation).
-
-        ``evaluated``: the export evaluated again, else None for the best epoch's recorded mAP
-        (``how`` says why that is the export's).
-        """
-        if not (self.checkpoints.best and early.best_epoch):
-            return
-        cfg = self.config.train
-        if evaluated is not None:
-            how = (f"evaluated again in the export's {cfg.export_precision}; the run validated "
-                   f"it in {cfg.precision}: {early.best:.4f}")
-        self.reporter.exported_validation(early.best if evaluated is None else evaluated,
-                                          early.best_epoch, how)
-
     def _stopped(self, stopped: stop_signal.Preempted, early: EarlyStopping) -> None:
-        """After SIGTERM's checkpoint: with ``export_on_stop`` the chief exports the best weights,
-        so that a stopped or timed-out SageMaker job still leaves a deployable model (if SIGKILL
-        comes first, the checkpoint is there and a half-written export is never a version)."""
+        """After SIGTERM's checkpoint, ``export_on_stop``: the chief exports the best weights, so
+        that a stopped or timed-out job leaves a deployable model (a SIGKILL meanwhile leaves the
+        checkpoint, and a half-written export is never a version)."""
         cfg = self.config.train
         if self.export_on_stop and self.cluster.is_chief:
             self.reporter.log(f"SIGTERM: exporting {'the best' if self.checkpoints.best else 'the'}"
@@ -361,10 +328,10 @@ class Trainer:
                 early, f"the weights of step {stopped.step}")
             self.reporter.log(f"SIGTERM: exported {chosen} to {stopped.export_path}; a job that "
                               "resumes from the checkpoint exports again at its end.")
-            self._report_exported(early, None, (
-                "the best epoch's validation; the export has exactly its weights" +
-                ("" if served is self.ssd else f", computing in {cfg.export_precision} where "
-                 f"the run validated in {cfg.precision} (not evaluated again: short of time)")))
+            self.reporter.exported_validation(early, None, (
+                "the best epoch's validation; the export has its weights" + (
+                    "" if served is self.ssd else ", not evaluated again in its precision: "
+                    "short of time")))
         if not self.cluster.is_chief:  # its own save went to the scratch directory
             shutil.rmtree(self.model_dir, ignore_errors=True)
             stopped.checkpoint = f"{cfg.model_dir}/ckpt-{stopped.step} (the chief's)"
@@ -381,7 +348,8 @@ class Trainer:
             self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
                               "version written).")
             evaluated, _ = self._evaluate_export(early, self._served())
-            self._report_exported(early, evaluated, "the best epoch's validation, recorded")
+            self.reporter.exported_validation(early, evaluated,
+                                              "the best epoch's validation, recorded")
         elif self.cluster.is_chief:
             export_path, chosen, served = self._export(early)
             self.reporter.log(
@@ -392,8 +360,9 @@ class Trainer:
                 f"(tensorboard --logdir {cfg.model_dir}).")
             evaluated, validator = self._evaluate_export(early, served)
             self._write_report(step // cfg.steps_per_epoch, early, validator)
-            self._report_exported(early, evaluated, "the best epoch's validation; the export has "
-                                                    "exactly its weights and precision")
+            self.reporter.exported_validation(
+                early, evaluated,
+                "the best epoch's validation; the export has exactly its weights and precision")
         self.runner.finish(self.model)
         if not self.cluster.is_chief:
             shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -404,9 +373,8 @@ class Trainer:
 
     def _write_report(self, last_epoch: int, early: EarlyStopping,
                       export_validator: Validator | None = None) -> None:
-        """The evaluation report (evaluation/plots.py) into MODEL_DIR/report: of the exported
-        weights, evaluated again when they are not the last epoch's (on one worker), or as
-        ``export_validator`` evaluated the exported network."""
+        """The evaluation report of the exported weights: as ``export_validator`` evaluated the
+        exported network, else evaluated again when they are not the last epoch's (one worker)."""
         if self.validator.last_evaluator is None:
             return
         epoch, validator = last_epoch, export_validator or self.validator
@@ -416,27 +384,17 @@ class Trainer:
                 self.cluster.num_workers == 1):
             self.validator.evaluate()  # the best weights are loaded: what was exported
             epoch = early.best_epoch
-        folder = os.path.join(self.config.train.model_dir, "report")
-        figures = validator.write_report(folder)
-        best = figures.curves[report.OVERALL].best()
-        threshold = (f"; F1 is best ({best['f1']:.3f}) at score >= {best['threshold']:.2f}"
-                     if best["threshold"] is not None else "")
-        self.reporter.log(f"Evaluation report of the weights of epoch {epoch}: {folder} (PR and "
-                          f"F1 curves, confusion matrix, AP by size, worst images){threshold}.")
+        self.reporter.evaluation_report(validator, epoch)
 
 
 def _latest_export(export_base: str) -> str | None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         return export.latest_version(export_base)
-    except FileNotFoundError:
-        return None
+    return None
 
 
 def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster,
           export_on_stop: bool = False) -> TrainingResult:
     """Trains (or resumes) the run that ``config`` describes; returns what it did.
-
-    ``export_on_stop``: when SIGTERM stops the run, also export its best weights (after the
-    checkpoint), as a SageMaker job does.
-    """
+    ``export_on_stop``: a run SIGTERM stops exports its best weights too (a SageMaker job)."""
     return Trainer(config, strategy, cluster, export_on_stop).train()
