@@ -12,8 +12,8 @@ import pytest
 from tests import sagemaker_fixtures as sm
 from tests.data import format_writers
 from tfssd.config.sagemaker_container import Channel, ContainerPaths
-from tfssd.data import mxnet_formats, sagemaker_channels
-from tfssd.data.sagemaker_channels import ChannelError
+from tfssd.data import mxnet_formats, sagemaker_channels, sagemaker_pipes, sagemaker_stream
+from tfssd.data.sagemaker_pipes import ChannelError
 
 JPEG = format_writers._jpeg(16, 8, 0)
 
@@ -150,7 +150,7 @@ def test_a_tfrecord_channel_without_content_type_is_used_as_it_is(tmp_path):
     read = sagemaker_channels.read_channel(paths, channels["train"], channels, str(tmp_path))
     assert read.format == "tfrecord" and "TFRecord framing" in read.detected
     assert read.tfrecord_files == (os.path.join(paths.data_dir, "train", "train-00000.tfrecord"),)
-    assert list(sagemaker_channels.read_tfrecord_stream(io.BytesIO(data), "x")) == [b"one", b"two"]
+    assert list(sagemaker_pipes.read_tfrecord_stream(io.BytesIO(data), "x")) == [b"one", b"two"]
 
 
 @pytest.mark.parametrize("files, message", [
@@ -197,12 +197,12 @@ def test_a_piped_channel_streams_pass_after_pass_under_the_bad_data_policy(tmp_p
                                                                           monkeypatch):
     import tensorflow as tf
 
-    monkeypatch.setattr(sagemaker_channels.PipeStream, "CHUNK", 2)
+    monkeypatch.setattr(sagemaker_stream.PipeStream, "CHUNK", 2)
     prefix = str(tmp_path / "train")
     data = _im2rec(5, bad={2})
     writers = [sm.PipeWriter(f"{prefix}_{k}", data, timeout=60) for k in range(3)]
-    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.RECORDIO, prefix,
-                                           ("a", "b"), 350, epochs=2, num_training_samples=4)
+    stream = sagemaker_stream.PipeStream("train", sagemaker_channels.RECORDIO, prefix,
+                                         ("a", "b"), 350, epochs=2, num_training_samples=4)
     reports = []
     try:
         # A resumed job: 1 image of pass 0 passed over, then 6 examples wanted.
@@ -232,8 +232,8 @@ def test_a_piped_manifest_and_piped_tfrecords_stream_too(tmp_path):
     records = [JPEG, _label((1, 2)), metadata, JPEG, _label((0, 4), (1, 8))]
     data = b"".join(_record(r) for r in records)
     writer = sm.PipeWriter(f"{prefix}_0", data, timeout=60)
-    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.MANIFEST, prefix,
-                                           ("0", "1"), 350, epochs=1, num_training_samples=2)
+    stream = sagemaker_stream.PipeStream("train", sagemaker_channels.MANIFEST, prefix,
+                                         ("0", "1"), 350, epochs=1, num_training_samples=2)
     reports = []
     examples = list(stream.examples(limit=2, report=reports.append))
     assert "the manifest's class-map names the classes ['cat', 'dog'], the model ['0', '1']" \
@@ -245,8 +245,8 @@ def test_a_piped_manifest_and_piped_tfrecords_stream_too(tmp_path):
 
     prefix = str(tmp_path / "tfrecords")
     writer = sm.PipeWriter(f"{prefix}_0", _tfrecord_bytes([b"a", b"b", b"c"]), timeout=60)
-    stream = sagemaker_channels.PipeStream("train", sagemaker_channels.TFRECORD, prefix, (),
-                                           350, epochs=1, num_training_samples=3)
+    stream = sagemaker_stream.PipeStream("train", sagemaker_channels.TFRECORD, prefix, (),
+                                         350, epochs=1, num_training_samples=3)
     reports = []
     assert list(stream.examples(limit=3, report=reports.append)) == [b"a", b"b", b"c"]
     writer.join(timeout=10)

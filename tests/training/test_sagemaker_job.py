@@ -182,7 +182,7 @@ def test_a_failed_job_leaves_its_reason_for_sagemaker(tmp_path):
     ({"validation": RECORDIO}, "has no 'train' channel"),
 ])
 def test_channels_tfssd_cannot_use_are_refused_before_any_work(channels, expected, tmp_path):
-    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.data.sagemaker_pipes import ChannelError
     from tfssd.training import sagemaker_job
 
     root = tmp_path / "opt" / "ml"
@@ -192,7 +192,7 @@ def test_channels_tfssd_cannot_use_are_refused_before_any_work(channels, expecte
 
 
 def test_recordio_that_is_really_a_manifest_is_named_as_such(pictures, tmp_path):
-    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.data.sagemaker_pipes import ChannelError
     from tfssd.training import sagemaker_job
 
     root = tmp_path / "opt" / "ml"
@@ -227,7 +227,7 @@ def test_a_model_of_sagemakers_algorithm_in_the_model_channel_trains_on(
     the model channel, the job's base_network the name it was trained under, imported and then
     trained from (in this process). The ResNet-50 fixture was made at image_shape 128; the job
     trains it at 300, as the algorithm allows."""
-    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.data.sagemaker_pipes import ChannelError
     from tfssd.training import sagemaker_job
 
     root = tmp_path / "opt" / "ml"

@@ -68,7 +68,7 @@ def test_pipe_mode_streams_every_epoch_from_its_own_pipe_and_stages_nothing(
 
 
 def test_a_channel_without_content_type_whose_data_is_unknown_is_refused_by_name(tmp_path):
-    from tfssd.data.sagemaker_channels import ChannelError
+    from tfssd.data.sagemaker_pipes import ChannelError
     from tfssd.training import sagemaker_job
 
     root = tmp_path / "opt" / "ml"

@@ -9,7 +9,7 @@ Workers take every n-th example of the same stream (per-worker sharding), so one
 always consumes the same global batch.
 
 A SageMaker Pipe-mode training channel is streamed instead (``is_stream``; its one "file" is a
-``PipeStream`` description, data/sagemaker_channels.py): the FIFOs ``<channel>_0``, ``_1``, ...
+``PipeStream`` description, data/sagemaker_stream.py): the FIFOs ``<channel>_0``, ``_1``, ...
 are read one after another, each image converted in memory under the bad-data policy, and the
 examples shuffled within blocks of ``shuffle_buffer`` (seeded by the run's seed and the block).
 A pipe is read once, so a resumed run cannot replay the interrupted order: it starts at pipe _0
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfssd.data import augment, sagemaker_channels, schema, targets
+from tfssd.data import augment, sagemaker_stream, schema, targets
 from tfssd.ops.image_ops import decode_image, resize
 
 
@@ -79,7 +79,7 @@ def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed,
 
 def is_stream(files: tuple[str, ...]) -> bool:
     """Whether ``files`` stand for a streamed Pipe-mode channel (a ``PipeStream`` description)."""
-    return len(files) == 1 and files[0].endswith(sagemaker_channels.STREAM_SUFFIX)
+    return len(files) == 1 and files[0].endswith(sagemaker_stream.STREAM_SUFFIX)
 
 
 # Examples a piped stream yields beyond what the run needs, from the pass it ends in: room for
@@ -111,7 +111,7 @@ def piped_training_stream(description: str, *, samples_per_epoch: int, seed,
     Yields:
       (index int64 [], serialized string []).
     """
-    stream = sagemaker_channels.PipeStream.load(description)
+    stream = sagemaker_stream.PipeStream.load(description)
     remaining = max(stream.epochs * samples_per_epoch - start_sample, 0)
     skip = start_sample % samples_per_epoch
 

@@ -8,7 +8,7 @@ the ``model`` channel for incremental training, the model in ``/opt/ml/model`` w
 arguments, ``SM_*`` variables) win over what the files say. Converted channels go to
 ``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again. A
 Pipe-mode training channel is not staged: the input pipeline reads ``train_0``, ``train_1``, ...
-as training reaches them and converts each image in memory (data/sagemaker_channels.py,
+as training reaches them and converts each image in memory (data/sagemaker_stream.py,
 ``PipeStream``); only its description and class map go to ``/opt/ml/tfssd-work/stream/train/``.
 Under ``kv_store=dist_async`` (whose workers cannot run the chief's Python reader) it is
 converted from ``train_0`` like the other channels.
@@ -28,8 +28,8 @@ from tfssd.config import factory, sagemaker_container
 from tfssd.config.hyperparameters import HyperparameterError
 from tfssd.config.options import check_options
 from tfssd.config.run_config import BEST_DIR, RUN_FILE
-from tfssd.data import sagemaker_channels
-from tfssd.data.sagemaker_channels import ChannelError
+from tfssd.data import sagemaker_channels, sagemaker_stream
+from tfssd.data.sagemaker_pipes import ChannelError
 from tfssd.training import distribution, stop_signal
 
 INPUT_DATA_CONFIG = "inputdataconfig.json"
@@ -123,7 +123,7 @@ def _records(name: str, data: sagemaker_channels.ChannelData,
 
     if data.streamed:
         folder = os.path.join(paths.work_dir, "stream", name)
-        stream = sagemaker_channels.PipeStream(
+        stream = sagemaker_stream.PipeStream(
             channel=name, format=data.format, pipe_prefix=paths.channel_dir(name),
             class_names=tuple(class_names), label_width=values["label_width"],
             epochs=values["epochs"], num_training_samples=values["num_training_samples"])
