@@ -111,7 +111,11 @@ class ClusterStop(LocalStop):
     ``save_fn`` (the run's own checkpoints: the chief writes the model directory, the others a
     scratch one, as MultiWorkerMirroredStrategy requires of every save) and a checkpoint of its
     own step counter in a scratch folder, so that the counter starts at 0 on every worker at
-    every start, and the workers' counters agree.
+    every start, and the workers' counters agree. TF polls for the signal once a second, and
+    the workers agree on the step after the next: measured on two CPU workers, the checkpoint
+    came 1.1 s after the signal. A SIGTERM during validation stops its worker at once (the
+    epoch's checkpoint is written); a worker that got none meets its lost peer at the next step
+    and stops with the cluster's error. SageMaker signals every host.
     """
 
     def __init__(self, cluster_resolver):
