@@ -52,7 +52,10 @@ def test_train_writes_sagemaker_metrics_and_an_export(trained):
         if name in ("train:cross_entropy", "train:smooth_l1", "train:throughput"):
             assert all(v > 0 for v in numbers), (name, values)
     assert float(found["train:progress"][-1]) == 100.0
-    assert len(found["validation:mAP"]) == 2  # one per epoch
+    # One per epoch, then the exported model's (the best epoch's weights), which tuning ranks by.
+    epochs, final = [float(v) for v in found["validation:mAP"][:-1]], float(
+        found["validation:mAP"][-1])
+    assert len(epochs) == 2 and abs(final - max(epochs)) < 0.02, found["validation:mAP"]
     assert os.path.isfile(trained["model_dir"] / "export" / "1" / "saved_model.pb")
 
 
@@ -81,7 +84,10 @@ def test_evaluate_the_exported_model(trained, tmp_path):
     result = run("-m", "tfssd.cli.evaluate", f"--saved_model={trained['model_dir']}/export",
                  f"--validation={trained['work']}/data/val-*", f"--report={tmp_path}/report",
                  "--image_shape=300")
-    assert re.search(METRIC_REGEXES["validation:mAP"], result.stdout)
+    # The training log's last validation:mAP line is this export's mAP.
+    evaluated = float(re.search(METRIC_REGEXES["validation:mAP"], result.stdout).group(1))
+    final = float(re.findall(METRIC_REGEXES["validation:mAP"], trained["log"])[-1])
+    assert abs(evaluated - final) < 1e-4, (evaluated, final)
     assert "circle" in result.stdout and "8 images" in result.stdout
     assert f"report: {tmp_path}/report (objects sized at 300x300)" in result.stdout
     for name in ("pr_curves", "f1", "confusion_matrix", "by_size"):
