@@ -17,9 +17,6 @@ FIGURE = re.compile(r"^(train step|input pipeline|end to end|inference batch \d+
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TFSSD_LONG_TESTS"),
-                    reason="about 40 s of benchmark processes; CI's time budget is near its "
-                           "limit: set TFSSD_LONG_TESTS=1")
 def test_every_figure_is_printed_with_consistent_numbers():
     result = subprocess.run([sys.executable, "-m", "tfssd.cli.benchmark", *TINY],
                             capture_output=True, text=True, timeout=300)

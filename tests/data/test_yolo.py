@@ -262,9 +262,6 @@ def _run(*argv):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TFSSD_LONG_TESTS"),
-                    reason="three tfssd-convert processes, about 25 s (the conversion is "
-                           "tested in-process too): set TFSSD_LONG_TESTS=1")
 def test_cli_converts_yolo(tmp_path, dataset):
     root, images, labels = dataset
     result = _run("--format=yolo", f"--images_dir={images}", f"--data_yaml={root}/data.yaml",

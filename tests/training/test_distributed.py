@@ -163,9 +163,6 @@ def _launch_and_kill_worker_1(flags, kv_store, ps, kill_at):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TFSSD_LONG_TESTS"),
-                    reason="a two-worker cluster run twice, about 50 s: set "
-                           "TFSSD_LONG_TESTS=1")
 def test_dist_sync_killed_worker_ends_the_run_and_the_same_command_resumes(shapes_tfrecords,
                                                                            tmp_path):
     flags = _flags(shapes_tfrecords, tmp_path / "run", "--num_training_samples=32",

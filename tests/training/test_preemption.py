@@ -212,9 +212,6 @@ def _cluster(flags, sigterm_at=None, timeout=300):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TFSSD_LONG_TESTS"),
-                    reason="a two-worker cluster started twice, about a minute: set "
-                           "TFSSD_LONG_TESTS=1")
 def test_sigterm_on_every_dist_sync_worker_leaves_a_checkpoint_and_the_cluster_resumes(
         shapes_tfrecords, tmp_path):
     flags = ["--num_classes=3", "--use_pretrained_model=0", "--width_multiplier=0.0625",
