@@ -1,6 +1,5 @@
 """tfssd-benchmark: its figures as a user sees them, and its ratios' direction."""
 
-import os
 import re
 import subprocess
 import sys

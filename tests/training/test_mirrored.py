@@ -1,7 +1,8 @@
 """MirroredStrategy on two logical CPU devices against one device: the same global batch of 4
 (2 per replica; float32: 5, split 2 + 3 as SageMaker's algorithm splits a batch over GPUs),
-ResNet-50 from scratch (BatchNorm trains, synchronized over replicas), under each precision. Each case runs in a process of its own (mirrored_case.py), as logical devices
-must be set up before TensorFlow starts; the four processes run at once.
+ResNet-50 from scratch (BatchNorm trains, synchronized over replicas), under each precision.
+Each case runs in a process of its own (mirrored_case.py), as logical devices must be set up
+before TensorFlow starts; the four processes run at once.
 
 Tolerances, measured on an AVX-512 CPU (TensorFlow 2.21, oneDNN on):
 

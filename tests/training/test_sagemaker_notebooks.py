@@ -122,7 +122,7 @@ def notebook_jobs(shapes_voc, tmp_path_factory):
     for thread in threads:
         thread.join(timeout=800)
     yield {name: (*results[name], jobs[name][2]) for name in jobs}
-    for process, writers, _ in jobs.values():
+    for process, _, _ in jobs.values():
         if process.poll() is None:
             process.kill()
 

@@ -28,7 +28,6 @@ import dataclasses
 import json
 
 import numpy as np
-
 from PIL import Image
 
 from tfssd.ops.image_check import SERVED_FORMATS, ImageError, ImageInfo, inspect_image
