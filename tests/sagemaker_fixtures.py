@@ -134,3 +134,41 @@ class PipeWriter(threading.Thread):
             pass
         finally:
             os.close(fd)
+
+
+class PipePasses(threading.Thread):
+    """Pipe mode for a channel read an unknown number of times (validation): ``<prefix>_0``,
+    ``<prefix>_1``, ... each offered by its own ``PipeWriter`` once the one before has been
+    written whole, as SageMaker does, until ``stop``. ``written``: the bytes each offered pass
+    got (the last one offered is never opened by a job that has ended)."""
+
+    def __init__(self, prefix, data, timeout=300.0):
+        super().__init__(daemon=True)
+        self.prefix, self.data, self.timeout = str(prefix), data, timeout
+        self.writers = []
+        self._ending = threading.Event()
+        self.start()
+
+    @property
+    def written(self):
+        return [writer.written for writer in self.writers]
+
+    def run(self):
+        k = 0
+        while not self._ending.is_set():
+            writer = PipeWriter(f"{self.prefix}_{k}", self.data, self.timeout)
+            self.writers.append(writer)
+            while writer.is_alive() and not self._ending.is_set():
+                writer.join(0.05)
+            k += 1
+
+    def stop(self):
+        """Ends the offer once the job has ended: the pass waiting for a reader is removed, which
+        ends its writer's wait."""
+        self._ending.set()
+        self.join(timeout=30)
+        for writer in self.writers:
+            if writer.is_alive() and not writer.written and os.path.exists(writer.path):
+                os.remove(writer.path)
+            writer.join(timeout=30)
+        return self.written

@@ -251,3 +251,40 @@ def test_a_piped_manifest_and_piped_tfrecords_stream_too(tmp_path):
     assert list(stream.examples(limit=3, report=reports.append)) == [b"a", b"b", b"c"]
     writer.join(timeout=10)
     assert "images: 3 read, 3 written" in reports[0]
+
+
+def test_a_piped_validation_channel_reads_its_next_pass_whole_at_each_reading(tmp_path,
+                                                                            monkeypatch):
+    """Each reading of streamed validation data (``pipeline.validation_records``, an iteration
+    of ``build_eval_dataset``'s dataset) reads the next pass; a reader given up early reads the
+    rest of its pass unused (passes larger than the FIFO's and the reader's buffers), and no
+    pass is opened ahead of its reading."""
+    from tfssd.data import pipeline
+
+    monkeypatch.setattr(sagemaker_stream.PipeStream, "CHUNK", 2)
+    big = format_writers._jpeg(16, 8, 0, trailing=b"\1" * 400_000)
+    out = io.BytesIO()
+    for i in range(5):
+        mxnet_formats.write_record(out, mxnet_formats.pack_image_record(
+            [2, 5, i % 2, 0.1, 0.2, 0.6, 0.7], i, big))
+    data = out.getvalue()
+    prefix = str(tmp_path / "validation")
+    writers = [sm.PipeWriter(f"{prefix}_{k}", data, timeout=60) for k in range(4)]
+    stream = sagemaker_stream.PipeStream("validation", sagemaker_channels.RECORDIO, prefix,
+                                         ("a", "b"), 350, epochs=0, num_training_samples=0)
+    files = (stream.save(str(tmp_path / "stream")),)
+    assert pipeline.is_stream(files)
+    try:
+        assert len(list(pipeline.validation_records(files))) == 5  # validation_0
+        records = pipeline.validation_records(files)  # validation_1, given up after one
+        next(records)
+        records.close()
+        dataset = pipeline.build_eval_dataset(files, image_size=32, label_width=350,
+                                              batch_size=2)
+        names = [name.decode() for batch in dataset for name in batch["filename"].numpy()]
+    finally:
+        os.remove(f"{prefix}_3")
+    for writer in writers:
+        writer.join(timeout=10)
+    assert names == [f"validation_2#{i}" for i in range(5)]
+    assert [w.written for w in writers] == [len(data)] * 3 + [0]

@@ -132,7 +132,8 @@ def test_sigterm_saves_the_step_reached_and_the_next_job_resumes_from_it(first_j
         tar.add(first_root / "model", arcname=".")
     manifest = sm.manifest_pipe_bytes(pictures["validation"])
 
-    writer = sm.PipeWriter(str(root / "input/data/validation_0"), manifest)
+    # Each reading of the validation data reads the next pass: offered until the job ends.
+    validation = sm.PipePasses(root / "input/data/validation", manifest)
     job = subprocess.Popen(["sh", TRAIN_SCRIPT], env=_environ(root), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=str(root))
     seen = ""
@@ -144,18 +145,21 @@ def test_sigterm_saves_the_step_reached_and_the_next_job_resumes_from_it(first_j
             break
         assert time.time() < deadline
     seen += job.communicate(timeout=120)[0]
-    writer.join(timeout=10)
+    offered = validation.stop()
     assert job.returncode == 128 + signal.SIGTERM, seen[-3000:]
+    assert offered == [len(manifest), 0]  # the ground-truth count; stopped before validating
     assert "Initialised the network from" in seen  # the model channel
     stopped = int(re.search(r"SIGTERM: checkpoint saved at step (\d+)", seen).group(1))
     assert 3 <= stopped < 6  # the step reached, mid-epoch (steps in flight may finish)
     assert (root / "checkpoints" / f"ckpt-{stopped}.index").is_file()
     assert not (root / "output" / "failure").exists()
 
-    writer = sm.PipeWriter(str(root / "input/data/validation_0"), manifest)
+    validation = sm.PipePasses(root / "input/data/validation", manifest)  # a new job: from _0
     resumed = _train(root)
-    writer.join(timeout=10)
+    offered = validation.stop()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The count, 2 epochs, the report (and the export evaluated again): each pass read whole.
+    assert len(offered) >= 5 and offered == [len(manifest)] * (len(offered) - 1) + [0], offered
     assert f"at step {stopped} (epoch 1, step {stopped + 1} of it)" in resumed.stderr
     assert "Channel validation: 8 images (augmented_manifest, Pipe mode)" in resumed.stderr
     steps = [int(s) for s in re.findall(r"epoch \d/2 step (\d+)/6", resumed.stderr)]

@@ -13,7 +13,9 @@ A SageMaker Pipe-mode training channel is streamed instead (``is_stream``; its o
 are read one after another, each image converted in memory under the bad-data policy, and the
 examples shuffled within blocks of ``shuffle_buffer`` (seeded by the run's seed and the block).
 A pipe is read once, so a resumed run cannot replay the interrupted order: it starts at pipe _0
-again, passing over (unconverted) as many images as the interrupted epoch had used.
+again, passing over (unconverted) as many images as the interrupted epoch had used. A streamed
+Pipe-mode validation channel is read through ``validation_records``: each reading of the
+validation data (an iteration of ``build_eval_dataset``'s dataset) reads the channel's next pass.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ def training_stream(files: tuple[str, ...], *, samples_per_epoch: int, seed,
 def is_stream(files: tuple[str, ...]) -> bool:
     """Whether ``files`` stand for a streamed Pipe-mode channel (a ``PipeStream`` description)."""
     return len(files) == 1 and files[0].endswith(sagemaker_stream.STREAM_SUFFIX)
+
+
+def validation_records(files: tuple[str, ...]):
+    """The serialized records of validation ``files`` in order, for reading them once in Python:
+    tf.data's reader of TFRecord files; for a streamed Pipe-mode channel (``is_stream``) a
+    generator of its next pass (``PipeStream.next_pass``: closed before the end, it reads the rest
+    of the pass unused)."""
+    if is_stream(files):
+        return sagemaker_stream.PipeStream.load(files[0]).next_pass(report=logging.info)
+    return tf.data.TFRecordDataset(list(files))
 
 
 # Examples a piped stream yields beyond what the run needs, from the pass it ends in: room for
@@ -214,7 +226,12 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
     """Validation images with their padded ground truth, in file order.
 
     Args:
-      files: TFRecord files in tfssd's schema.
+      files: TFRecord files in tfssd's schema, or a streamed Pipe-mode channel's description
+        (``is_stream``): each iteration of the dataset then reads the channel's next pass,
+        converting it in memory. Its memory does not grow with the pass: measured (2 CPUs,
+        images of 53 KB, batches of 32 at 300 x 300, no model) peak RSS +144 MB for a pass of
+        1024 images and +145 MB for 4096, against +124 / +127 MB from TFRecord files; the
+        pass took 2.2 s per 1000 images against 1.1 s (each image is decoded once more).
       image_size: side of the network input; None yields the encoded images instead, for a
         model that decodes them itself (an exported SavedModel).
       label_width: labels longer than this stop the run with the record named.
@@ -254,7 +271,11 @@ def build_eval_dataset(files: tuple[str, ...], *, image_size: int | None, label_
             "filename": example["filename"],
         }
 
-    dataset = tf.data.TFRecordDataset(list(files))
+    if is_stream(files):  # the generator is called anew by each iteration: the next pass
+        dataset = tf.data.Dataset.from_generator(lambda: validation_records(files),
+                                                 output_signature=tf.TensorSpec([], tf.string))
+    else:
+        dataset = tf.data.TFRecordDataset(list(files))
     dataset = dataset.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_corrupt_records:
         dataset = dataset.ignore_errors(log_warning=True)

@@ -19,11 +19,11 @@ The format of a channel comes from inputdataconfig.json and is checked against t
   content types tfssd reads.
 
 Pipe mode gives one FIFO per pass over the channel, ``<channel>_0``, ``<channel>_1``, ...
-(opened by data/sagemaker_pipes.py). The training channel is streamed (``PipeStream``,
-data/sagemaker_stream.py): the input pipeline reads the pipes one after another, converting
-each image in memory under the bad-data policy, and nothing is staged on the volume. Any other
-Pipe-mode channel (validation, which is read several times per epoch) is read once from
-``<channel>_0`` and converted to local TFRecords.
+(opened by data/sagemaker_pipes.py). The training and validation channels are streamed
+(``PipeStream``, data/sagemaker_stream.py): the input pipelines read the pipes one after
+another, converting each image in memory under the bad-data policy, and nothing is staged on
+the volume. Otherwise (``read_channel`` without ``stream``: under dist_async) a Pipe-mode
+channel is read once from ``<channel>_0`` and converted to local TFRecords.
 """
 
 from __future__ import annotations

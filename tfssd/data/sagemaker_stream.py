@@ -1,13 +1,16 @@
-"""A Pipe-mode training channel streamed pass after pass into the input pipeline (``PipeStream``).
+"""A Pipe-mode channel streamed pass after pass into the input pipelines (``PipeStream``).
 
-The training channel is not staged on the volume: its description (``<channel>.pipe.json``)
-stands for its files, and the input pipeline reads the FIFOs ``<channel>_0``, ``<channel>_1``,
-... one after another, converting each image in memory under the bad-data policy.
+A streamed channel is not staged on the volume: its description (``<channel>.pipe.json``)
+stands for its files, and the input pipelines read the FIFOs ``<channel>_0``, ``<channel>_1``,
+... one after another, converting each image in memory under the bad-data policy. Training
+reads them as one stream of passes (``examples``); validation reads the next whole pass each
+time it reads its data (``next_pass``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -30,12 +33,26 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
+@contextlib.contextmanager
+def _drained_if_closed(stream, drain: bool) -> Iterator[None]:
+    """Within a generator reading ``stream``: when the generator is closed early (``drain``),
+    the rest of the stream is read unused (SageMaker's writer must see its pipe consumed)."""
+    try:
+        yield
+    except GeneratorExit:
+        if drain:
+            while stream.read(1 << 20):
+                pass
+        raise
+
+
 @dataclasses.dataclass(frozen=True)
 class PipeStream:
-    """A Pipe-mode training channel streamed pass after pass into the input pipeline.
+    """A Pipe-mode channel streamed pass after pass into the input pipeline.
 
     Saved as ``<channel>.pipe.json`` (``STREAM_SUFFIX``); that file stands for the channel's
-    training files, and ``tfssd.data.pipeline`` streams it (``examples``).
+    files, and ``tfssd.data.pipeline`` streams it (training: ``examples``; validation, whose
+    ``epochs`` and ``num_training_samples`` are 0: ``next_pass``).
 
     Pass k is the FIFO ``<pipe_prefix>_<k>``, read whole, to its end, before pass k + 1 is
     opened: the passes form one stream of images, from which the input pipeline cuts its epochs
@@ -92,9 +109,20 @@ class PipeStream:
         else:
             yield from iter_manifest_items(records, base, names_by_id)
 
+    def next_pass(self, report: Callable[[str], None] = print) -> Iterator[bytes]:
+        """The serialized examples of the next pass this job has not read (``<channel>_0`` for
+        the first reader of a job), converted in memory; the pipe is opened on the first
+        ``next`` and read to its end. Closed early, the generator reads the rest of the pass
+        unused, so that SageMaker's writer is never left blocked on a half-read pipe.
+
+        Memory: one chunk of ``CHUNK`` images (encoded, plus the decoded image of each converting
+        thread) and the examples converted from it; nothing grows with the pass.
+        """
+        return self.examples(report=report, passes=1)
+
     def examples(self, skip: int = 0, limit: int | None = None, spare: int = 0,
-                 report: Callable[[str], None] = print, workers: int | None = None
-                 ) -> Iterator[bytes]:
+                 report: Callable[[str], None] = print, workers: int | None = None,
+                 passes: int | None = None) -> Iterator[bytes]:
         """Yields serialized tfssd examples, pass after pass, converted in memory.
 
         Each image goes through the bad-data policy (data/item_policy.py) as in a conversion;
@@ -110,6 +138,8 @@ class PipeStream:
           spare: examples beyond ``limit`` taken from the pass that reaches it.
           report: receives one text per pass: what was read, converted and skipped.
           workers: threads converting images; default min(4, CPUs).
+          passes: stop after this many passes; such a reader, closed before the end of a pass,
+            reads the rest of it unused (``next_pass``).
         """
         from tfssd.data import conversion, item_policy  # TensorFlow
         from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
@@ -131,7 +161,8 @@ class PipeStream:
                 passed_over = skip if k == 0 else 0
                 drained = 0
                 started = time.time()
-                with open_pipe(self.pipe(k)) as stream:
+                with open_pipe(self.pipe(k)) as stream, _drained_if_closed(
+                        stream, passes is not None):
                     names_by_id: dict[int, str] = {}
                     items = self._items(stream, k, names_by_id)
                     for _ in itertools.islice(items, passed_over):
@@ -172,6 +203,8 @@ class PipeStream:
                                        "holds no usable image (the summary above says why)")
                 if limit is not None and yielded >= limit:
                     return
+                if passes is not None and k + 1 - first >= passes:
+                    return
 
     def _pass_text(self, k: int, summary, passed_over: int, drained: int,
                    names_by_id: dict[int, str]) -> str:
@@ -187,10 +220,11 @@ class PipeStream:
             summary.notes.append(
                 f"the manifest's class-map names the classes {named}, the model "
                 f"{list(self.class_names)}: a streamed channel's names are not known before "
-                "training, so they come from the validation channel, else the class ids")
+                "training, so they come from a channel read before it, else the class ids")
         text += ":\n" + summary.format()
         written = summary.images_written
-        if k == 0 and not passed_over and not drained and written != self.num_training_samples:
+        if (k == 0 and self.num_training_samples and not passed_over and not drained
+                and written != self.num_training_samples):
             text += (f"\nnum_training_samples={self.num_training_samples} but the pass held "
                      f"{written} usable images: epochs are cut from the stream of passes by "
                      "count, so an epoch "

@@ -210,7 +210,9 @@ def records_reader(files: Sequence[str], input_format: str, filenames: Sequence[
     """A ``read_images`` for ``write_report``: the evaluated images, decoded from the records.
 
     Args:
-      files: the evaluated TFRecord files, in the evaluation's order.
+      files: the evaluated TFRecord files, in the evaluation's order, or a streamed Pipe-mode
+        channel's description (its next pass is read: the same images, as SageMaker resends
+        them).
       input_format: their schema ("tfssd" or "odapi").
       filenames: per evaluated image, its record's filename; records that are not next in
         this list were skipped by the evaluation (--skip_corrupt_records). Empty: every record
@@ -219,12 +221,12 @@ def records_reader(files: Sequence[str], input_format: str, filenames: Sequence[
     def read(indices: Sequence[int]) -> dict[int, np.ndarray]:
         import tensorflow as tf
 
-        from tfssd.data import schema
+        from tfssd.data import pipeline, schema
         from tfssd.ops.image_ops import decode_image
 
         wanted, found, position = set(indices), {}, 0
         parse = schema.PARSERS[input_format]
-        for serialized in tf.data.TFRecordDataset(list(files)):
+        for serialized in pipeline.validation_records(tuple(files)):
             if len(found) == len(wanted):
                 break
             example = parse(serialized)

@@ -55,11 +55,12 @@ def ground_truth_per_class(files: tuple[str, ...], input_format: str,
                            num_classes: int) -> np.ndarray:
     """int [num_classes]: the objects of each class that VOC AP counts (not difficult) in files.
 
-    A class without any has no AP; mAP is the mean over the classes that have some.
+    A class without any has no AP; mAP is the mean over the classes that have some. A streamed
+    Pipe-mode channel's next pass is read for it (``pipeline.validation_records``).
     """
     parse = schema.PARSERS[input_format]
     counts = np.zeros(num_classes, np.int64)
-    for serialized in tf.data.TFRecordDataset(list(files)):
+    for serialized in pipeline.validation_records(files):
         _, classes, difficult = (t.numpy() for t in schema.label_to_objects(
             parse(serialized)["label"]))
         counted = classes[(~difficult.astype(bool)) & (classes >= 0) & (classes < num_classes)]

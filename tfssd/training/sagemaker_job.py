@@ -1,17 +1,19 @@
 """A SageMaker training job, from the container's files alone: channels in SageMaker's algorithm's
-formats converted once into local TFRecords (or, the training channel in Pipe mode, streamed),
+formats converted once into local TFRecords (or, in Pipe mode, streamed pass by pass),
 the ``model`` channel for incremental training, the model in ``/opt/ml/model`` with the weights
 ``--init_from`` reads back.
 
 ``run`` is what ``tfssd.train`` (and so ``tfssd-train``, the image's ``train``) does when
 ``/opt/ml/input/config/inputdataconfig.json`` exists. Values given explicitly (flags, keyword
 arguments, ``SM_*`` variables) win over what the files say. Converted channels go to
-``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again. A
-Pipe-mode training channel is not staged: the input pipeline reads ``train_0``, ``train_1``, ...
-as training reaches them and converts each image in memory (data/sagemaker_stream.py,
-``PipeStream``); only its description and class map go to ``/opt/ml/tfssd-work/stream/train/``.
-Under ``kv_store=dist_async`` (whose workers cannot run the chief's Python reader) it is
-converted from ``train_0`` like the other channels.
+``/opt/ml/tfssd-work/records/<channel>/``: about the size of the channel's images again. Pipe-mode
+channels are not staged: the input pipeline reads ``train_0``, ``train_1``, ... as training
+reaches them, and each reading of the validation data (the ground-truth count, each epoch's
+validation, the export's evaluation and report) reads the next ``validation_<k>``, converting
+each image in memory (data/sagemaker_stream.py, ``PipeStream``); only their descriptions (and
+the training channel's class map) go to ``/opt/ml/tfssd-work/stream/<channel>/``. Under
+``kv_store=dist_async`` (whose workers cannot run the chief's Python reader) they are converted
+from ``<channel>_0`` like the other channels.
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
     values, options = dict(values), dict(options)
     distribution.check_hosts(values["kv_store"], environ)  # before any channel is read
     records_dir = os.path.join(paths.work_dir, "records")
-    # The training channel in Pipe mode is streamed (nothing staged); dist_async's workers
-    # cannot run a Python generator of the chief's, so there it is converted like the others.
+    # Pipe-mode channels are streamed (nothing staged); dist_async's workers cannot run a
+    # Python generator of the chief's, so there they are converted like the others.
     read = {name: sagemaker_channels.read_channel(
                 paths, channels[name], channels, os.path.join(records_dir, name),
-                stream=name == "train" and values["kv_store"] != "dist_async")
+                stream=values["kv_store"] != "dist_async")
             for name in DATA_CHANNELS if name in channels and name not in given}
     names = _class_names(read, values["num_classes"])
     for name, data in read.items():
@@ -121,17 +123,23 @@ def _records(name: str, data: sagemaker_channels.ChannelData,
         return data.tfrecord_files
     from tfssd.data import conversion  # TensorFlow: only once the values are known to be good
 
-    if data.streamed:
+    if data.streamed:  # validation: each reading of its data reads the next pass
         folder = os.path.join(paths.work_dir, "stream", name)
+        training = name == "train"
         stream = sagemaker_stream.PipeStream(
             channel=name, format=data.format, pipe_prefix=paths.channel_dir(name),
             class_names=tuple(class_names), label_width=values["label_width"],
-            epochs=values["epochs"], num_training_samples=values["num_training_samples"])
+            epochs=values["epochs"] if training else 0,
+            num_training_samples=values["num_training_samples"] if training else 0)
         description = stream.save(folder)
-        conversion.write_class_map(os.path.join(folder, conversion.CLASS_MAP_NAME), class_names)
-        logging.info("Channel %s: Pipe mode, streamed (%s): pass k is read from %s as training "
-                     "reaches it, each image converted in memory; nothing is staged on the "
-                     "volume.", name, data.format, stream.pipe_prefix + "_<k>")
+        if training:
+            conversion.write_class_map(os.path.join(folder, conversion.CLASS_MAP_NAME),
+                                       class_names)
+        logging.info("Channel %s: Pipe mode, streamed (%s): pass k is read from %s as %s, each "
+                     "image converted in memory; nothing is staged on the volume.", name,
+                     data.format, stream.pipe_prefix + "_<k>",
+                     "training reaches it" if training else
+                     "the run reads its validation data for the (k + 1)-th time")
         return (description,)
     records_dir = os.path.join(paths.work_dir, "records")
     output_dir = os.path.join(records_dir, name)
