@@ -141,5 +141,10 @@ def test_each_notebooks_job_reaches_its_training_steps(notebook_jobs, name):
     if name == "ground_truth_manifest":
         assert ("lr_scheduler_step 6 at or past epochs=5: that reduction never fires" in log)
         assert "augmented_manifest, Pipe mode" in log
+    if name != "birds":  # validation streamed: validation_0 alone (the ground-truth count),
+        # as the job stops before any epoch's validation; so one writer per channel suffices
+        assert re.search(r"Channel validation: \d+ images \(augmented_manifest, Pipe mode\) of "
+                         r"pass 0 \(\S+validation_0\)", log), log[-3000:]
+        assert "validation_1" not in log
     if name == "birds":
         assert "recordio, File mode" in log
