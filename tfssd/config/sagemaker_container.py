@@ -111,15 +111,21 @@ class Channel:
     record_wrapper: str  # None or RecordIO
 
 
-def read_input_data_config(path: str) -> dict[str, Channel]:
-    """inputdataconfig.json -> {channel name: Channel}."""
+def _read_json_object(path: str, expected: str) -> dict:
+    """A contract file's JSON object; ContainerError naming ``path`` otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ContainerError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, dict):
-        raise ContainerError(f"{path}: expected a JSON object of channel name: description")
+        raise ContainerError(f"{path}: expected a JSON object {expected}")
+    return data
+
+
+def read_input_data_config(path: str) -> dict[str, Channel]:
+    """inputdataconfig.json -> {channel name: Channel}."""
+    data = _read_json_object(path, "of channel name: description")
     channels = {}
     for name, spec in data.items():
         if not isinstance(spec, dict):
@@ -166,13 +172,7 @@ def checkpoint_local_path(environ: Mapping[str, str] = os.environ) -> str | None
     config_dir = environ.get("SM_INPUT_CONFIG_DIR", paths.config_dir)
     path = os.path.join(config_dir, CHECKPOINT_CONFIG)
     if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ContainerError(f"{path}: cannot read: {e}") from None
-        if not isinstance(config, dict):
-            raise ContainerError(f"{path}: expected a JSON object with LocalPath and S3Uri")
+        config = _read_json_object(path, "with LocalPath and S3Uri")
         local = config.get("LocalPath") or paths.checkpoint_dir
         if not isinstance(local, str) or not os.path.isabs(local):
             raise ContainerError(f"{path}: LocalPath {local!r}: expected an absolute path")
