@@ -1,6 +1,6 @@
-"""The module map of README.md (Architecture) and the code agree, and imports only go down.
+"""The module map of docs/architecture.md and the code agree, and imports only go down.
 
-README's table is the one place the map is written: every module of the package is a row
+docs/architecture.md's table is the one place the map is written: every module of the package is a row
 ``| floor | `folder/module.py` | what it owns |``. A module missing from either side, imports
 that go up a floor or sideways between the groups of one floor, and module names in strings
 (``python -m tfssd.cli.train``, ``-c "from tfssd... import ..."``) that name no module all fail.
@@ -18,10 +18,10 @@ ROW = re.compile(r"^\|\s*(\d)\s*\|\s*`([\w/]+\.py)`\s*\|")
 NAME_IN_STRING = re.compile(r"\btfssd(?:\.\w+)+")
 
 
-def readme_map() -> dict[str, int]:
-    """module name -> floor, from README's Architecture table."""
+def documented_map() -> dict[str, int]:
+    """module name -> floor, from the table of docs/architecture.md."""
     rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
         match = ROW.match(line)
         if match:
             rows["tfssd." + match.group(2).removesuffix(".py").replace("/", ".")] = int(
@@ -45,10 +45,10 @@ def group(module: str) -> str:
 def floors() -> dict[str, int]:
     """group -> floor; every module of a group must stand on the group's floor."""
     by_group: dict[str, set[int]] = {}
-    for module, floor in readme_map().items():
+    for module, floor in documented_map().items():
         by_group.setdefault(group(module), set()).add(floor)
     mixed = {g: sorted(f) for g, f in by_group.items() if len(f) > 1}
-    assert not mixed, f"README puts the modules of one folder on several floors: {mixed}"
+    assert not mixed, f"docs/architecture.md puts the modules of one folder on several floors: {mixed}"
     return {g: f.pop() for g, f in by_group.items()}
 
 
@@ -119,10 +119,10 @@ def imports():
 
 
 def test_readme_lists_every_module_and_no_other():
-    listed, found = set(readme_map()), set(package_modules())
-    assert not found - listed, f"modules missing from README's Architecture table: " \
+    listed, found = set(documented_map()), set(package_modules())
+    assert not found - listed, f"modules missing from docs/architecture.md's table: " \
                                f"{sorted(found - listed)}"
-    assert not listed - found, f"README lists modules that do not exist: {sorted(listed - found)}"
+    assert not listed - found, f"docs/architecture.md lists modules that do not exist: {sorted(listed - found)}"
 
 
 def resolves(name: str) -> bool:
