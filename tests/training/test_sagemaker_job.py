@@ -10,13 +10,14 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
 import time
 
+import numpy as np
 import pytest
-from PIL import Image
 
 from tests import sagemaker_fixtures as sm
 
@@ -208,14 +209,59 @@ def test_recordio_that_is_really_a_manifest_is_named_as_such(pictures, tmp_path)
         sagemaker_job.run({}, {"TFSSD_SAGEMAKER_ROOT": str(root)})
 
 
-def test_the_images_of_a_piped_manifest_decode(pictures):
-    """The in-memory stream the tests pipe: each image record is the image file's bytes."""
-    records = sm.manifest_pipe_bytes(pictures["train"][:1])
-    from tfssd.data import mxnet_formats
+def _recordio(*parts: tuple[int, bytes]) -> bytes:
+    """dmlc RecordIO framing written here by hand, from its specification (not the package's
+    writer): per part, uint32 magic 0xced7230a, uint32 (continuation flag << 29 | length), the
+    data, zeros to a multiple of 4 bytes."""
+    out = b""
+    for flag, data in parts:
+        out += struct.pack("<II", 0xCED7230A, flag << 29 | len(data)) + data
+        out += b"\0" * (-len(data) % 4)
+    return out
 
-    image, label, metadata = list(mxnet_formats.read_record_stream(io.BytesIO(records), "x"))
-    assert Image.open(io.BytesIO(image)).size == tuple(pictures["train"][0][1:3])
-    assert json.loads(label)["annotations"] and json.loads(metadata)["class-map"]["0"] == "circle"
+
+def test_the_images_of_a_piped_manifest_decode(pictures):
+    """The package's Pipe-mode reader (RecordIO records -> augmented-manifest items) on a stream
+    framed by hand: an image holding the RecordIO magic at an aligned offset (so it travels in
+    two parts, the magic dropped at the split, as dmlc's writer splits it), its label JSON and
+    class-map metadata, and a second image in one part with its label. The items must carry the
+    exact image bytes and the boxes written into the labels."""
+    from tfssd.data import mxnet_formats, sagemaker_channels
+    from tfssd.ops.image_ops import decode_image
+
+    path, width, height, _ = pictures["train"][0]
+    original = open(path, "rb").read()
+    assert original[:2] == b"\xff\xd8"
+    # A JPEG comment segment (FF FE, big-endian length counting itself) right after the start
+    # of image; its payload starts at byte 6, so the magic below sits at aligned byte 8.
+    payload = b"ab" + struct.pack("<I", 0xCED7230A) + b"tfssd"
+    first = original[:2] + b"\xff\xfe" + struct.pack(">H", 2 + len(payload)) + payload + \
+        original[2:]
+    assert first[8:12] == struct.pack("<I", 0xCED7230A)
+    second = open(pictures["train"][1][0], "rb").read()
+    label = {"image_size": [{"width": width, "height": height, "depth": 3}],
+             "annotations": [{"class_id": 2, "left": 10, "top": 20, "width": 30, "height": 40},
+                             {"class_id": 0, "left": 1.5, "top": 2.5, "width": 3, "height": 4}]}
+    metadata = {"class-map": {"0": "circle", "1": "square", "2": "triangle"},
+                "type": "groundtruth/object_detection"}
+    stream = _recordio((1, first[:8]), (3, first[12:]),
+                       (0, json.dumps(label).encode()), (0, json.dumps(metadata).encode()),
+                       (0, second), (0, b'{"annotations": []}'))
+
+    records = list(mxnet_formats.read_record_stream(io.BytesIO(stream), "piped"))
+    assert records[0] == first and records[1:] == [json.dumps(label).encode(),
+                                                   json.dumps(metadata).encode(), second,
+                                                   b'{"annotations": []}']
+    items, names = sagemaker_channels.manifest_records(records, "train")
+    assert names == ["circle", "square", "triangle"]
+    assert [item.data for item in items] == [first, second]
+    assert [item.error for item in items] == [None, None]
+    assert items[0].annotated_size == (width, height) and items[1].objects == []
+    assert [(o.label, o.xmin, o.ymin, o.xmax, o.ymax) for o in items[0].objects] == [
+        (2, 10.0, 20.0, 40.0, 60.0), (0, 1.5, 2.5, 4.5, 6.5)]
+    # The rejoined image decodes to the original's pixels (the comment changes none).
+    np.testing.assert_array_equal(decode_image(items[0].data).numpy(),
+                                  decode_image(original).numpy())
 
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "sagemaker")
