@@ -44,11 +44,43 @@ def test_same_seed_same_result_and_different_seeds_differ():
 
 
 def test_image_without_objects():
-    image = tf.zeros([50, 60, 3], tf.uint8)
-    out, boxes, classes, difficult = augment.ssd_augment(
-        image, tf.zeros([0, 4]), tf.zeros([0], tf.int32), tf.zeros([0], tf.bool),
-        tf.constant([0, 0]), 32)
-    assert out.shape == (32, 32, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
+    """An image without objects is augmented like any other (SSD trains on crops of background
+    too): the crop sampler still crops, within its limits; the outputs are empty with their
+    dtypes; and the pixels are those of the image (a uniform mean-grey picture stays uniform
+    through every crop, zoom-out fill and distortion)."""
+    empty = tf.zeros([0, 4])
+    crops = np.array([augment.sample_crop(empty, tf.constant([50.0, 60.0]),
+                                          tf.constant([9, k])).numpy() for k in range(40)])
+    whole = np.all(crops == [0.0, 0.0, 1.0, 1.0], axis=1)
+    # One option in 7 is the whole canvas; the other 6 are crops (no box to satisfy).
+    assert 20 <= (~whole).sum() <= 40, crops
+    cropped = crops[~whole]
+    sides = cropped[:, 2:] - cropped[:, :2]
+    assert np.all(cropped >= 0) and np.all(cropped <= 1)
+    assert np.all(sides >= augment.CROP_SCALE[0] - 1e-6)
+    aspect = sides[:, 1] * 60 / (sides[:, 0] * 50)
+    assert np.all((aspect >= augment.CROP_ASPECT[0]) & (aspect <= augment.CROP_ASPECT[1]))
+    assert len(np.unique(cropped.round(6), axis=0)) == len(cropped)
+
+    grey = np.array(augment.MEAN_RGB, np.uint8)  # the zoom-out fill's own colour
+    for k in range(12):
+        out, boxes, classes, difficult = augment.ssd_augment(
+            tf.constant(np.broadcast_to(grey, (50, 60, 3))), empty, tf.zeros([0], tf.int32),
+            tf.zeros([0], tf.bool), tf.constant([0, k]), 32)
+        assert (boxes.dtype, classes.dtype, difficult.dtype) == (tf.float32, tf.int32, tf.bool)
+        assert boxes.shape == (0, 4) and classes.shape == (0,) and difficult.shape == (0,)
+        out = out.numpy()
+        assert out.shape == (32, 32, 3) and out.dtype == np.float32
+        assert np.all((out >= 0) & (out <= 255))
+        np.testing.assert_allclose(out, np.broadcast_to(out[0, 0], out.shape), atol=1e-3,
+                                   err_msg=f"seed {k}: not one colour")
+    # A picture with content is really cropped: some seeds give pixels unlike a plain resize.
+    image, _, _, _ = _scene()
+    plain = tf.image.resize(tf.cast(image, tf.float32), [32, 32]).numpy()
+    red = [augment.ssd_augment(image, empty, tf.zeros([0], tf.int32), tf.zeros([0], tf.bool),
+                               tf.constant([1, k]), 32)[0].numpy()[..., 0] > 200
+           for k in range(12)]
+    assert sum(not np.array_equal(r, plain[..., 0] > 200) for r in red) >= 6
 
 
 def _best_iou(crop: np.ndarray, boxes: np.ndarray) -> float:

@@ -33,12 +33,38 @@ def test_hard_negatives_are_the_three_worst_per_positive():
 
 
 def test_image_without_objects_gives_finite_loss_and_zero_box_loss():
+    """An image without objects: every anchor is background with zero box targets, and it adds
+    nothing to the loss (no positives, so no negatives mined: 3 x 0), while the image with an
+    object beside it in the batch keeps its own loss, worked out by hand."""
+    from tfssd.data.targets import encode_targets
+
+    anchors = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0],
+                           [0.5, 0.0, 1.0, 0.5], [0.25, 0.25, 0.75, 0.75]])
+    cls_targets, box_targets = encode_targets(tf.zeros([0, 4]), tf.zeros([0], tf.int32),
+                                              anchors)
+    np.testing.assert_array_equal(cls_targets.numpy(), [0] * 5)
+    np.testing.assert_array_equal(box_targets.numpy(), np.zeros((5, 4)))
+
     rng = np.random.default_rng(0)
-    sums = multibox_loss(tf.zeros((2, 50), tf.int32), tf.zeros((2, 50, 4)),
-                         tf.constant(rng.normal(size=(2, 50, 4)).astype(np.float32)),
-                         tf.constant(rng.normal(size=(2, 50, 4)).astype(np.float32)))
-    assert np.isfinite(sums.cls_loss_sum.numpy())
-    assert sums.box_loss_sum.numpy() == 0.0 and sums.num_positives.numpy() == 0
+    logits = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    deltas = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    with_object = tf.constant([2, 0, 0, 0, 0])  # anchor 0 holds class 1
+    batch = multibox_loss(tf.stack([with_object, cls_targets]), tf.stack([tf.zeros((5, 4)),
+                                                                           box_targets]),
+                          tf.constant(logits), tf.constant(deltas))
+    alone = multibox_loss(cls_targets[None], box_targets[None], tf.constant(logits[1:]),
+                          tf.constant(deltas[1:]))
+    assert alone.cls_loss_sum.numpy() == 0.0 and alone.box_loss_sum.numpy() == 0.0
+    assert alone.num_positives.numpy() == 0 and alone.num_selected.numpy() == 0
+    # The first image by hand: its positive and its 3 hardest of 4 negatives, -log softmax.
+    log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(axis=1, keepdims=True))
+    background = np.sort(-log_softmax[1:, 0])[::-1]
+    expected = -log_softmax[0, 2] + background[:3].sum()
+    np.testing.assert_allclose(batch.cls_loss_sum.numpy(), expected, rtol=1e-5)
+    box = np.abs(deltas[0, 0])
+    np.testing.assert_allclose(batch.box_loss_sum.numpy(),
+                               np.where(box < 1, 0.5 * box ** 2, box - 0.5).sum(), rtol=1e-5)
+    assert batch.num_positives.numpy() == 1 and batch.num_selected.numpy() == 4
 
 
 def test_negatives_are_capped_by_the_anchors_available():
