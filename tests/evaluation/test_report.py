@@ -134,12 +134,74 @@ def test_report_files(tmp_path):
     assert figures.best_threshold == 0.3
 
 
+def _axes_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) pixel of a plot's frame: the outermost long dark lines."""
+    dark = pixels.astype(int).sum(axis=-1) < 150
+    columns = np.flatnonzero(dark.sum(axis=0) > 0.5 * pixels.shape[0])
+    rows = np.flatnonzero(dark.sum(axis=1) > 0.5 * pixels.shape[1])
+    return columns[0], rows[0], columns[-1], rows[-1]
+
+
+def _near(pixels: np.ndarray, x: float, y: float, colour, radius: int = 2) -> bool:
+    """Whether some pixel within ``radius`` of (x, y) has ``colour`` (RGB, +-40 per channel)."""
+    x, y = int(round(x)), int(round(y))
+    patch = pixels[y - radius:y + radius + 1, x - radius:x + radius + 1].astype(int)
+    return bool((np.abs(patch - np.array(colour)).max(axis=-1) <= 40).any())
+
+
 def test_report_images_for_tensorboard():
+    """The pixels say what tiny_evaluator's figures say: each class's and the overall PR curve
+    through its points, in its colour, nothing where no curve runs; each confusion cell in the
+    colour of its count."""
+    import matplotlib
+
     images = plots.report_images(tiny_evaluator(), NAMES, 100)
     assert set(images) == {"pr_curves", "confusion_matrix"}
     for pixels in images.values():
         assert pixels.dtype == np.uint8 and pixels.shape == (600, 800, 3)
-        assert pixels.min() < 100  # something drawn on the white
+
+    pr = images["pr_curves"]
+    left, top, right, bottom = _axes_box(pr)
+    assert right - left > 400 and bottom - top > 300, (left, top, right, bottom)
+
+    def at(recall, precision):  # axes limits 0..1.02 both ways
+        return (left + recall / 1.02 * (right - left), bottom - precision / 1.02 * (bottom - top))
+
+    blue, orange, black = (31, 119, 180), (255, 127, 14), (0, 0, 0)  # matplotlib's C0, C1
+    # cat (C0): precision 1 to recall 1/2, then straight down to 1/3 at recall 1/2.
+    assert _near(pr, *at(0.5, 0.75), blue) and _near(pr, *at(0.5, 0.45), blue)
+    assert not _near(pr, *at(0.5, 0.2), blue, radius=4)  # stops at precision 1/3
+    # dog (C1): precision 1 all the way to recall 1, over cat's level part (under overall's).
+    assert _near(pr, *at(0.8, 1.0), orange) and _near(pr, *at(0.42, 1.0), orange)
+    # overall (black, thick): 1 until recall 1/3, down to 1/3, then up to (2/3, 1/2), its best.
+    assert _near(pr, *at(0.2, 1.0), black) and _near(pr, *at(1 / 3, 0.6), black)
+    assert _near(pr, *at(0.5, (1 / 3 + 0.5) / 2), black) and _near(pr, *at(2 / 3, 0.5), black)
+    for empty in ((0.85, 0.5), (0.15, 0.6), (0.6, 0.9), (0.75, 0.3), (0.5, 0.2)):
+        for colour in (blue, orange, black):
+            assert not _near(pr, *at(*empty), colour, radius=4), (empty, colour)
+
+    # The confusion matrix at the best threshold 0.3 (test_report_files' CSV) as Blues of
+    # log(1 + count), scaled to the largest count; rows ground truth, columns detections.
+    confusion = images["confusion_matrix"].astype(int)
+    counts = np.array([[1, 0, 1], [0, 1, 0], [2, 0, 0]])
+    colours = (np.array(matplotlib.colormaps["Blues"](np.log1p(counts) / np.log1p(2)))[..., :3]
+               * 255).round()
+    # The darkest cell (2: background taken for a cat) locates the grid: the largest patch
+    # of its colour.
+    from scipy import ndimage
+
+    patches, count = ndimage.label(np.abs(confusion - colours[2, 0]).max(axis=-1) <= 3)
+    sizes = ndimage.sum(np.ones_like(patches), patches, range(1, count + 1))
+    ys, xs = np.nonzero(patches == 1 + int(np.argmax(sizes)))
+    height, width = ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()
+    assert height > 60 and width > 60 and abs(height - width) <= 2, (height, width)
+    for (row, column), colour in np.ndenumerate(counts):
+        # A quarter cell off the centre, clear of the count written there.
+        y = ys.min() + (row - 2 + 0.25) * height
+        x = xs.min() + (column + 0.25) * width
+        assert 0 <= y < 600 and 0 <= x < 800, (row, column)
+        np.testing.assert_allclose(confusion[int(y), int(x)], colours[row, column], atol=3,
+                                   err_msg=f"cell ({row}, {column}), count {colour}")
 
 
 def test_an_evaluation_without_detections_still_reports(tmp_path):
