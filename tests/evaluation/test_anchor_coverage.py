@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from tfssd.config.run_config import BASE_NETWORKS
 from tfssd.evaluation import anchor_coverage
+from tfssd.model.ssd import ssd_network
 
 ANCHORS = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], np.float32)
 BOXES = np.array([
@@ -37,12 +39,44 @@ def test_shares_not_above_the_threshold_overall_and_by_size():
     assert result.below_by_size["large"] == (0.0, 3)
 
 
-@pytest.mark.parametrize("shape, sizes, count", [
-    (300, ((38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)), 8732),
-    (512, ((64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)), 24564)])
-def test_the_network_anchors_without_the_full_network(shape, sizes, count):
-    assert anchor_coverage.feature_map_sizes("vgg-16", shape) == sizes
-    assert len(anchor_coverage.network_anchors("vgg-16", shape)) == count
+# Anchors per network at 300 and 512: SageMaker's VGG-16 has 7 maps from 448 (its 512 has a
+# 2x2 map where tfssd's has a 1x1 one: 24576 against 24564).
+ANCHOR_COUNTS = {"vgg-16": (8732, 24564), "resnet-50": (2234, 6132),
+                 "sagemaker-vgg-16": (8732, 24576), "sagemaker-resnet-50": (2268, 6132)}
+
+
+def test_every_network_is_counted():
+    assert set(ANCHOR_COUNTS) == set(BASE_NETWORKS)
+
+
+@pytest.mark.parametrize("base_network", BASE_NETWORKS)
+def test_the_anchors_are_the_networks_own(base_network):
+    """What --coverage measures is what the network trains, decodes and exports with: the
+    anchors of the full network (any class count), bit for bit."""
+    for shape, count in zip((300, 512), ANCHOR_COUNTS[base_network]):
+        anchors = anchor_coverage.network_anchors(base_network, shape)
+        model = ssd_network(base_network, num_classes=3, image_size=shape)
+        assert len(anchors) == count
+        assert anchors.dtype == model.anchors.dtype == np.float32
+        np.testing.assert_array_equal(anchors, model.anchors)
+
+
+def test_sagemaker_vgg16_coverage_by_hand():
+    """A 0.1 x 0.1 box centred at the corner (1, 1) of a 300 x 300 input. SageMaker's VGG-16
+    steps its first map (38 x 38) by 8 / 300, so its last centre is 37.5 * 8 / 300 = 1 and its
+    0.1 square anchor there is the box itself: IoU 1. SSD's rule centres at 37.5 / 38, 1 / 76
+    short of 1 on both axes: the best overlap is (0.1 - 1/76)² and the IoU
+    (0.1 - 1/76)² / (0.02 - (0.1 - 1/76)²) = 0.6053."""
+    box = np.array([[0.95, 0.95, 1.05, 1.05]], np.float32)  # 900 px² at 300: small
+    side = 0.1 - 1 / 76
+    ssd_iou = side ** 2 / (0.02 - side ** 2)
+    assert ssd_iou == pytest.approx(0.6053, abs=1e-4)
+    (sagemaker,) = anchor_coverage.compare_shapes(box, "sagemaker-vgg-16", [300], 300, 0.7)
+    (tfssd,) = anchor_coverage.compare_shapes(box, "vgg-16", [300], 300, 0.7)
+    assert sagemaker.best_iou[0] == pytest.approx(1, abs=1e-5)
+    assert tfssd.best_iou[0] == pytest.approx(ssd_iou, rel=1e-4)
+    assert sagemaker.below == 0 and sagemaker.below_by_size["small"] == (0.0, 1)
+    assert tfssd.below == 1 and tfssd.below_by_size["small"] == (1.0, 1)
 
 
 def test_a_larger_input_fits_small_objects_better():
@@ -60,6 +94,8 @@ def test_a_larger_input_fits_small_objects_better():
         "512", "24564"]
 
 
-def test_an_unknown_network_is_named():
+def test_an_unknown_network_or_a_too_small_input_is_named():
     with pytest.raises(ValueError, match="base_network"):
-        anchor_coverage.feature_map_sizes("alexnet", 300)
+        anchor_coverage.network_anchors("alexnet", 300)
+    with pytest.raises(ValueError, match="image_shape=16"):
+        anchor_coverage.network_anchors("vgg-16", 16)

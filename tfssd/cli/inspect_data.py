@@ -8,10 +8,11 @@ Reads tfssd's schema or the TF Object Detection API's (--input_format, detected 
   tfssd-inspect --input='data/train-*' --coverage --base_network=vgg-16 --image_shape=300
 
 --coverage reports how well the network's anchors fit the boxes: for each box the best IoU of
-any anchor at --image_shape, the share of boxes whose best IoU is not above
---overlap_threshold (those get only their one forced anchor in training), overall and by
-object size, and the same shares recomputed at each of --compare_shapes, sizes measured at
---image_shape throughout.
+any of the anchors the network itself trains and detects with (any --base_network, SageMaker's
+sagemaker-vgg-16 and sagemaker-resnet-50 included) at --image_shape, the share of boxes whose
+best IoU is not above --overlap_threshold (those get only their one forced anchor in
+training), overall and by object size, and the same shares recomputed at each of
+--compare_shapes, sizes measured at --image_shape throughout.
 """
 
 import os
@@ -19,7 +20,7 @@ import os
 from absl import app, flags
 
 from tfssd.cli.command_runner import run_command
-from tfssd.config.run_config import CLASS_MAP_NAME
+from tfssd.config.run_config import BASE_NETWORKS, CLASS_MAP_NAME
 
 FLAGS = flags.FLAGS
 
@@ -34,8 +35,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_shape", 300, "Network input side, for the box-size histogram "
                          "and --coverage.")
     flags.DEFINE_bool("coverage", False, "Report the anchor coverage of the boxes (see above).")
-    flags.DEFINE_enum("base_network", "vgg-16", ["vgg-16", "resnet-50"],
-                      "--coverage: the network whose anchors are measured.")
+    flags.DEFINE_enum("base_network", "vgg-16", list(BASE_NETWORKS),
+                      "--coverage: the network whose anchors are measured (its own, as it "
+                      "trains and detects with them).")
     flags.DEFINE_float("overlap_threshold", 0.5, "--coverage: the matching IoU (SageMaker's "
                        "overlap_threshold), in (0, 1].")
     flags.DEFINE_list("compare_shapes", ["300", "512", "768"], "--coverage: the input sides to "

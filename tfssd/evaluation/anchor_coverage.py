@@ -7,48 +7,38 @@ fit, so a large share of them means the network sees few positive examples of su
 What would raise the share is computed, not guessed: the same boxes against the anchors of
 other input sizes.
 
-Anchors are those the network uses (tfssd/ops/anchors.py over the feature-map sizes of
-tfssd/model/ssd.py), unclipped, as the matcher sees them. Object sizes follow COCO's bounds on
-the box's area in pixels of the network input (tfssd/evaluation/report.py): small below 32²,
-large from 96².
+Anchors are the network's own, those its training, decoding and exports use
+(``tfssd.model.ssd.network_anchors``: SSD's rule of tfssd/ops/anchors.py for tfssd's networks,
+MXNet's MultiBoxPrior with the algorithm's sizes, ratios and steps for SageMaker's), unclipped,
+as the matcher sees them. Object sizes follow COCO's bounds on the box's area in pixels of the
+network input (tfssd/evaluation/report.py): small below 32², large from 96².
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
 from tfssd.evaluation.report import SIZES, size_category
 from tfssd.evaluation.voc_ap import pairwise_iou
-from tfssd.ops import anchors as anchors_lib
 
 _CHUNK = 256  # ground-truth boxes per IoU block: [256, A] float32 stays under ~60 MB
 
 
-@functools.cache
-def feature_map_sizes(base_network: str, image_shape: int) -> tuple[tuple[int, int], ...]:
-    """(height, width) of each feature map of SSD on ``base_network`` at ``image_shape``.
-
-    The network is built at the smallest width (8 channels a layer): the maps' sizes do not
-    depend on the width, and building it thin takes a fraction of the full network's time.
+def network_anchors(base_network: str, image_shape: int) -> np.ndarray:
+    """float32 [A, 4], normalised yxyx: the anchors of SSD on ``base_network`` (any of
+    ``tfssd.config.run_config.BASE_NETWORKS``) at input side ``image_shape`` (8732 for vgg-16 at
+    300, 24564 at 512).
 
     Raises:
       ValueError: an unknown base_network, or an image_shape too small for the network.
     """
-    from tfssd.model.ssd import ssd_network
+    from tfssd.model.ssd import network_anchors as model_anchors
 
     if image_shape < 32:
         raise ValueError(f"image_shape={image_shape}: expected at least 32")
-    return ssd_network(base_network, num_classes=1, image_size=image_shape,
-                       width_multiplier=1e-3).feature_map_sizes
-
-
-def network_anchors(base_network: str, image_shape: int) -> np.ndarray:
-    """float32 [A, 4], normalised yxyx: the anchors of SSD on ``base_network`` at
-    ``image_shape`` (8732 for vgg-16 at 300, 24564 at 512)."""
-    return anchors_lib.ssd_anchors(feature_map_sizes(base_network, image_shape))
+    return model_anchors(base_network, image_shape)
 
 
 def best_iou(gt_boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
