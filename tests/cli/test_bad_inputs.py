@@ -343,7 +343,7 @@ def exported(tmp_path_factory):
 def test_predict_names_bad_files_and_predicts_the_others(corpus, exported, tmp_path):
     names = ["good.jpg", "empty.jpg", "text.jpg", "truncated.jpg", "huge.png", "alpha.png"]
     result = _run("-m", "tfssd.cli.predict", f"--saved_model={exported}", "--draw_threshold=1.0",
-                  f"--output_dir={tmp_path}", *[corpus[n] for n in names])
+                  "--json", f"--output_dir={tmp_path}", *[corpus[n] for n in names])
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 2 and all("prediction" in line for line in lines)  # good, alpha
@@ -351,7 +351,8 @@ def test_predict_names_bad_files_and_predicts_the_others(corpus, exported, tmp_p
                           ("truncated.jpg", "truncated or corrupt JPEG"),
                           ("huge.png", "declares 40000 x 40000 pixels")]:
         assert f"{corpus[name]}: {message}" in result.stderr, result.stderr
-    assert "no detection scores at least --draw_threshold=1" in result.stderr
+    assert ("2 of 2 images had no detections at or above --draw_threshold=1 (drawn without "
+            "boxes)") in result.stderr
     assert "4 of 6 images could not be predicted" in result.stderr
     assert os.path.isfile(tmp_path / "alpha.png") and os.path.isfile(tmp_path / "good.png")
     assert "Traceback" not in result.stderr and "cuInit" not in result.stderr

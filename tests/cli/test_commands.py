@@ -8,9 +8,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
+import tfssd
 from tfssd.training.sagemaker_metrics import METRIC_REGEXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,11 +65,18 @@ def test_train_writes_sagemaker_metrics_and_an_export(trained):
 def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_path):
     images = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[:2]
     result = run("-m", "tfssd.cli.predict", f"--saved_model={trained['model_dir']}/export",
-                 f"--output_dir={tmp_path}", "--draw_threshold=0", *images)
+                 f"--output_dir={tmp_path}", "--draw_threshold=0", "--json", *images)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 2
-    for response in lines:
+    # The same export loaded in this process: the command's rows are its detections.
+    expected = tfssd.load(trained["model_dir"] / "export").detect(images)
+    for response, detections in zip(lines, expected):
         assert set(response) == {"prediction"}
+        rows = np.array(response["prediction"]).reshape(-1, 6)
+        assert len(rows) == len(detections.scores) > 0
+        np.testing.assert_array_equal(rows[:, 0], detections.classes)
+        np.testing.assert_allclose(rows[:, 1], detections.scores, atol=1e-6)
+        np.testing.assert_allclose(rows[:, 2:], detections.boxes[:, [1, 0, 3, 2]], atol=1e-6)
         for class_id, score, xmin, ymin, xmax, ymax in response["prediction"]:
             assert class_id in (0.0, 1.0, 2.0) and 0 <= score <= 1
             assert 0 <= xmin <= xmax <= 1 and 0 <= ymin <= ymax <= 1

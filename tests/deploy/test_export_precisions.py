@@ -101,7 +101,7 @@ def test_the_commands_take_a_bfloat16_runs_export(trained_run, tmp_path, shapes_
     image = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[-1]
     for model in (export_dir, f"{tmp_path}/m.tflite"):
         predicted = subprocess.run(
-            [sys.executable, "-m", "tfssd.cli.predict", f"--model={model}",
+            [sys.executable, "-m", "tfssd.cli.predict", f"--model={model}", "--json",
              f"--output_dir={tmp_path}/pred", image], capture_output=True, text=True,
             timeout=300, env=env)
         assert predicted.returncode == 0, predicted.stderr[-3000:]

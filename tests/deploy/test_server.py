@@ -110,7 +110,7 @@ def served(tmp_path_factory):
                                     "PATH": os.path.dirname(sys.executable) + os.pathsep
                                     + os.environ.get("PATH", "")},
                                log_path=str(work / "small.log"), command=["sh", SERVE_SCRIPT])
-    predicted = subprocess.Popen([sys.executable, "-m", "tfssd.cli.predict",
+    predicted = subprocess.Popen([sys.executable, "-m", "tfssd.cli.predict", "--json",
                                   f"--saved_model={work / 'export'}", *paths],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -243,7 +243,7 @@ def test_predict_takes_a_tflite_model_with_the_same_json(exported, shapes_voc, t
     for kind in ("saved_model", "tflite"):
         model = os.path.dirname(exported[kind]) if kind == "saved_model" else exported[kind]
         result = run("-m", "tfssd.cli.predict", f"--model={model}", "--min_score=0.01",
-                     f"--output_dir={tmp_path / kind}", path)
+                     "--json", f"--output_dir={tmp_path / kind}", path)
         answers[kind] = json.loads(result.stdout.strip().splitlines()[-1])["prediction"]
         assert os.path.isfile(tmp_path / kind / (os.path.basename(path)[:-4] + ".png"))
     top = [row for row in answers["saved_model"]][:TOP]
