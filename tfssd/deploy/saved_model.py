@@ -12,12 +12,17 @@ detection_classes float32 [B, 200] (class ids from 0, as in tfssd's data and Sag
 counts from 1), num_detections float32 [B]. The class names are an asset, assets/labels.txt.
 
 Exports go to numbered version directories (EXPORT_DIR/1, /2, ...), as TF Serving expects; a
-version appears only once completely written.
+version appears only once completely written: it is written into a staging folder beside the
+versions (``.<version>-<pid>-*``, on the same filesystem) and renamed into place, so a full disk
+or a kill leaves the earlier versions as they were (a killed export's staging folder is removed
+by the next export).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 
@@ -25,11 +30,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfssd.config.run_config import BEST_DIR
 from tfssd.model.postprocess import detect
 from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
 from tfssd.ops.image_ops import decode_image_within, resize
 
 LABELS_ASSET = "labels.txt"
+_STAGING = re.compile(r"^\.\d+-(\d+)-")  # .<version>-<pid>-<random>
+
+
+class ExportError(RuntimeError):
+    """An export could not be written; the earlier versions are as they were."""
 
 
 class DetectionModule(tf.Module):
@@ -106,9 +117,12 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str
         decoding them (0: no limit).
     """
     version = version or next_version(export_base)
-    os.makedirs(export_base, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=export_base)
+    final = os.path.join(export_base, str(version))
+    staging = None
     try:
+        os.makedirs(export_base, exist_ok=True)
+        _remove_abandoned_staging(export_base)
+        staging = tempfile.mkdtemp(prefix=f".{version}-{os.getpid()}-", dir=export_base)
         labels = os.path.join(staging, LABELS_ASSET)
         with open(labels, "w", encoding="utf-8") as f:
             f.write("".join(name + "\n" for name in class_names))
@@ -120,11 +134,77 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, export_base: str
             "serving_default": module.detect_encoded,
             "serving_images": module.detect_images,
         })
-        final = os.path.join(export_base, str(version))
         os.replace(saved, final)
+    except (OSError, tf.errors.OpError) as e:
+        raise _export_error(export_base, final, model, e) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _remove_abandoned_staging(export_base: str) -> None:
+    """Removes the staging folders of exports whose process is gone (killed meanwhile)."""
+    for name in os.listdir(export_base):
+        match = _STAGING.match(name)
+        if match and not _running(int(match.group(1))):
+            shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _tree_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path)
+               for n in names)
+
+
+def _export_error(export_base: str, final: str, model: keras.Model,
+                  error: Exception) -> ExportError:
+    """What a failed export of ``final`` says: the space it needed and had where that was the
+    cause, and the export that stays."""
+    try:
+        previous = latest_version(export_base)
+    except (FileNotFoundError, OSError):
+        previous = None
+    kept = (f"the previous export {previous} is intact" if previous else
+            "there is no earlier export")
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(error, tf.errors.ResourceExhaustedError)
+        or "No space left on device" in str(error))
+    if not full:
+        cause = [line for line in str(error).splitlines() if line.strip()] or [repr(error)]
+        return ExportError(f"Cannot export to {final}: {cause[0]}; {kept}.")
+    needed = (_tree_bytes(previous) if previous else
+              sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in model.weights))
+    free = shutil.disk_usage(export_base).free if os.path.isdir(export_base) else 0
+    return ExportError(
+        f"No space left on {export_base} while exporting {final} (needs about "
+        f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free): {kept}; free space and rerun "
+        "to export again.")
+
+
+def current_export(export_base: str, model_dir: str) -> str | None:
+    """The newest export under ``export_base`` when it is newer than every checkpoint of
+    ``model_dir`` (it holds the run's final weights), else None (an export that failed or
+    never ran after the last checkpoint: the run exports again)."""
+    try:
+        path = latest_version(export_base)
+    except FileNotFoundError:
+        return None
+    exported = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+    states = [os.path.join(model_dir, "checkpoint"), os.path.join(model_dir, BEST_DIR,
+                                                                   "checkpoint")]
+    if any(os.path.isfile(s) and os.path.getmtime(s) > exported for s in states):
+        return None
+    return path
 
 
 def read_labels(saved_model_dir: str) -> list[str]:

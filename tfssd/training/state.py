@@ -9,15 +9,22 @@ trained with, so that a directory of another network is refused instead of half-
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
+import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfssd.config.run_config import BEST_DIR, RUN_FILE, EarlyStoppingConfig, ModelConfig
-from tfssd.model.run_directory import best_checkpoint, find_run_dir
+from tfssd.model.run_directory import (best_checkpoint, checkpoint_bytes, checkpoint_files,
+                                       checkpoint_problem, find_run_dir,
+                                       newest_intact_checkpoint)
 from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 
@@ -48,9 +55,14 @@ def check_run_file(model_dir: str, expected: dict, class_names: list[str], write
                                 "use a new --model_dir to start a new run")
     elif write:  # atomically: dist_sync workers may read it while the chief writes
         temporary = f"{path}.{os.getpid()}.incomplete"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump({**expected, "class_names": class_names}, f, indent=2)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump({**expected, "class_names": class_names}, f, indent=2)
+            os.replace(temporary, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise TrainingError(f"Cannot write {path}: {e.strerror or e}") from None
 
 
 def init_from_checkpoint(source: str | None, expected: dict) -> str | None:
@@ -141,7 +153,12 @@ class RunState:
 
 
 class Checkpoints:
-    """The run's checkpoints (model, optimizer, state) and the best-mAP weights beside them."""
+    """The run's checkpoints (model, optimizer, state) and the best-mAP weights beside them.
+
+    A save that fails (a full disk, most often) leaves the previous checkpoint as it was and
+    stops the run with a TrainingError naming the directory, the space needed and free, and
+    the checkpoint a rerun resumes from.
+    """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                  state: RunState, directory: str, max_to_keep: int,
@@ -150,7 +167,9 @@ class Checkpoints:
         scale and step counter are saved beside it (and restored only where both have them, so
         that a run resumes under any precision)."""
         self.model = model
+        self.optimizer = optimizer
         self.state = state
+        self.directory = directory
         required = dict(
             model=model, optimizer=optimizer, global_step=state.global_step,
             run_seed=state.run_seed, best_map=state.best_map, best_epoch=state.best_epoch,
@@ -166,6 +185,7 @@ class Checkpoints:
             **({} if loss_scale is None else {"loss_scale": self._loss_scale.loss_scale}))
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                                   max_to_keep=max_to_keep)
+        self._best_lost = repair_best(directory)
         self.best_manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=model), os.path.join(directory, BEST_DIR), max_to_keep=1)
 
@@ -178,10 +198,21 @@ class Checkpoints:
         return self.best_manager.latest_checkpoint
 
     def save(self, step: int) -> str:
-        return self.manager.save(checkpoint_number=step)
+        return self._save(self.manager, step, "checkpoint",
+                          [*self.model.weights, *self.optimizer.variables])
 
     def save_best(self, step: int) -> None:
-        self.best_manager.save(checkpoint_number=step)
+        self._save(self.best_manager, step, "best-weights checkpoint", self.model.weights)
+
+    def _save(self, manager: tf.train.CheckpointManager, step: int, what: str,
+              variables: list) -> str:
+        previous = manager.latest_checkpoint
+        try:
+            return manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            raise save_error(manager.directory, f"ckpt-{step}", what, previous, e,
+                             sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+                                 for v in variables)) from None
 
     def resume(self, path: str) -> None:
         """Restores everything a checkpoint of this run holds (the network, optimizer and state
@@ -193,6 +224,10 @@ class Checkpoints:
             path).expect_partial()
         if self._loss_scale is not None:
             self._loss_scale.restore(path).expect_partial()
+        if self._best_lost:  # the record would name weights that are gone
+            self.state.best_map.assign(-1.0)
+            self.state.best_epoch.assign(0)
+            self.state.bad_epochs.assign(0)
 
     def load_weights(self, path: str) -> None:
         """Restores only the network's weights (best weights, --init_from).
@@ -208,6 +243,70 @@ class Checkpoints:
             raise TrainingError(f"{path} does not hold this network's weights ({str(e)[:300]}); "
                                 "it was written by another network") from None
         status.expect_partial()
+
+
+def is_full_disk(error: Exception) -> bool:
+    """Whether a write failed for want of space (a full disk or an exceeded quota)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, tf.errors.ResourceExhaustedError) or any(
+        text in str(error) for text in ("No space left on device", "Disk quota exceeded"))
+
+
+def save_error(directory: str, name: str, what: str, previous: str | None, error: Exception,
+               variables_bytes: int) -> TrainingError:
+    """The error of a failed save of ``what`` ``name`` into ``directory``, after its leftovers
+    are removed: what the save needed and had, and whether ``previous`` is intact."""
+    prefix = os.path.join(directory, name)
+    shutil.rmtree(prefix + "_temp", ignore_errors=True)  # TensorFlow's unfinished shards
+    if prefix != previous and checkpoint_problem(prefix) is not None:
+        for path in checkpoint_files(prefix):  # a merge cut short; never a recorded one
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    problem = checkpoint_problem(previous) if previous else None
+    if previous is None:
+        kept = f"no {what} was written before it; free space and rerun"
+    elif problem is None:
+        kept = (f"the previous {what} {os.path.basename(previous)} is intact; free space and "
+                "rerun to resume")
+    else:
+        kept = f"the previous {what}, {previous}, is not intact either ({problem})"
+    if not is_full_disk(error):
+        cause = [line for line in str(error).splitlines() if line.strip()] or [repr(error)]
+        return TrainingError(f"Cannot write {what} {name} in {directory}: {cause[0]}; {kept}.")
+    needed = checkpoint_bytes(previous) if previous and problem is None else variables_bytes
+    free = shutil.disk_usage(directory).free
+    return TrainingError(
+        f"No space left on {directory} while writing {what} {name} (needs about "
+        f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free): {kept}.")
+
+
+def repair_best(directory: str) -> bool:
+    """Checks the best weights under ``directory/best``: True when they are lost.
+
+    A best-weights checkpoint that is not intact is replaced by the run's checkpoint of the
+    same step where that one is intact (it holds the same weights, the optimizer's beside
+    them); else it is removed, and the caller restarts the early-stopping record.
+    """
+    best_dir = os.path.join(directory, BEST_DIR)
+    recorded = tf.train.get_checkpoint_state(best_dir)
+    if recorded is None or newest_intact_checkpoint(best_dir, repair=True) is not None:
+        return False
+    name = os.path.basename(recorded.model_checkpoint_path)
+    same_step = os.path.join(directory, name)
+    if checkpoint_problem(same_step) is None:
+        for path in checkpoint_files(same_step):
+            target = os.path.join(best_dir, os.path.basename(path))
+            shutil.copyfile(path, target + ".incomplete")
+            os.replace(target + ".incomplete", target)
+        tf.compat.v1.train.update_checkpoint_state(best_dir, name, [name])
+        logging.warning("The best weights are taken from %s, the checkpoint of the same step.",
+                        same_step)
+        return False
+    logging.warning("The best weights (%s) are lost and no checkpoint of their step is intact: "
+                    "the early-stopping record restarts, and the export holds the best weights "
+                    "validated from now on, else the final weights.", name)
+    return True
 
 
 def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: list,

@@ -13,7 +13,6 @@ stopped or runs out of time).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -95,7 +94,7 @@ class Trainer:
         # Every worker resumes from the chief's directory where it can see it (see
         # broadcast_from_chief for those that cannot).
         geometry = state.geometry(config.model)
-        resume_from = tf.train.latest_checkpoint(cfg.model_dir)
+        resume_from = state.newest_intact_checkpoint(cfg.model_dir, repair=cluster.is_chief)
         init_from = None if resume_from else state.init_from_checkpoint(cfg.init_from, geometry)
         if cfg.seed is not None:
             keras.utils.set_random_seed(cfg.seed)
@@ -296,11 +295,14 @@ class Trainer:
         else:
             chosen = current
         served = self._served()
-        export_path = export.export_saved_model(
-            served.model, self.ssd.anchors, cfg.resolved_export_dir,
-            image_size=model.image_size, class_names=self.class_names,
-            nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
-            max_detections=model.max_detections)
+        try:  # a failed export leaves the earlier versions as they were
+            export_path = export.export_saved_model(
+                served.model, self.ssd.anchors, cfg.resolved_export_dir,
+                image_size=model.image_size, class_names=self.class_names,
+                nms_threshold=model.nms_threshold, score_threshold=model.score_threshold,
+                max_detections=model.max_detections)
+        except export.ExportError as e:
+            raise TrainingError(str(e)) from None
         return export_path, chosen, served
 
     def _evaluate_export(self, early: EarlyStopping, served: SSD
@@ -342,7 +344,8 @@ class Trainer:
         if self.checkpoints.best:  # every worker: their final digests are of the exported weights
             self.checkpoints.load_weights(self.checkpoints.best)
         export_path = None
-        exported = None if trained else _latest_export(cfg.resolved_export_dir)
+        exported = None if trained else export.current_export(cfg.resolved_export_dir,
+                                                               cfg.model_dir)
         if self.cluster.is_chief and exported:  # the same command again on a finished run
             export_path = exported
             self.reporter.log(f"Nothing was trained; the run's export stays {exported} (no new "
@@ -385,12 +388,6 @@ class Trainer:
             self.validator.evaluate()  # the best weights are loaded: what was exported
             epoch = early.best_epoch
         self.reporter.evaluation_report(validator, epoch)
-
-
-def _latest_export(export_base: str) -> str | None:
-    with contextlib.suppress(FileNotFoundError):
-        return export.latest_version(export_base)
-    return None
 
 
 def train(config: Config, strategy: tf.distribute.Strategy, cluster: Cluster,

@@ -1,0 +1,173 @@
+"""Checkpoints and exports on a full disk or after damage: the previous good state stays usable.
+
+Runs ``python -m tfssd.train`` with its model directory (or export directory) on a real small
+tmpfs, mounted in a user and mount namespace of its own (``unshare -rm``: no root needed), so
+the disk really fills. A tiny network (width_multiplier 0.125, 300 px, 2 steps per epoch)
+writes checkpoints of about 3.8 MiB and exports of about 2.9 MiB.
+
+A SIGKILL during a save is not tested at a random moment (not deterministic); what it can
+leave is: TensorFlow's unfinished ``ckpt-N_temp`` folder (removed at the next start), a merged
+checkpoint the state file does not name yet (found on disk), or a cut file, which the
+truncation test makes on purpose.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tfssd.model.run_directory import checkpoint_problem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHECKPOINT_MIB = 3.8  # the tiny network's checkpoint, with its SGD momentum
+TIMEOUT = 600
+
+
+def _train_command(shapes_tfrecords, model_dir, epochs, *extra) -> str:
+    argv = [sys.executable, "-m", "tfssd.train", "--num_classes=3", "--num_training_samples=8",
+            "--mini_batch_size=4", f"--epochs={epochs}", "--use_pretrained_model=0",
+            "--width_multiplier=0.125", "--image_shape=300", "--seed=1",
+            "--log_every_steps=1", f"--train={shapes_tfrecords['dir']}/train-*",
+            f"--model_dir={model_dir}", *extra]
+    return shlex.join(argv)
+
+
+def _in_namespace(script: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """Runs ``script`` (sh) in a user and mount namespace of its own, where it may mount."""
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", "set -u\n" + script],
+                            capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode == 90:
+        pytest.fail("Cannot mount a tmpfs in a user+mount namespace (unshare -rm, then "
+                    f"mount -t tmpfs): {result.stderr[-2000:]}. These tests need it: enable "
+                    "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1).")
+    return result
+
+
+def _mount(folder, size: str) -> str:
+    return f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(folder))} || exit 90\n"
+
+
+def _read(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _step_of(prefix: str) -> int:
+    return int(tf.train.load_checkpoint(prefix).get_tensor(
+        "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+@pytest.fixture(scope="module")
+def namespaces_work():
+    result = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True,
+                            timeout=60)
+    if result.returncode:
+        pytest.fail(f"unshare -rm does not work here ({result.stderr.strip()}); these tests "
+                    "need user and mount namespaces to mount a small tmpfs")
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_resumes(
+        namespaces_work, shapes_tfrecords, tmp_path):
+    # 6 MiB holds the run file, summaries and ckpt-1 (3.8 MiB), not ckpt-2 beside it.
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    run = disk / "run"
+    command = _train_command(shapes_tfrecords, run, 2, "--checkpoint_every_steps=1")
+    _in_namespace(
+        _mount(disk, "6m")
+        + f"{command} > {out}/first.log 2>&1; echo $? > {out}/first.rc\n"
+        + f"cp -a {run} {out}/after_failure\n"
+        + f"mount -o remount,size=64m {disk} || exit 90\n"  # space freed
+        + f"{command} > {out}/second.log 2>&1; echo $? > {out}/second.rc\n"
+        + f"cp -a {run} {out}/after_rerun\n")
+    first = _read(out / "first.log")
+    assert int(_read(out / "first.rc")) == 1, first[-3000:]
+    message = re.search(
+        rf"No space left on {re.escape(str(run))} while writing checkpoint ckpt-2 \(needs "
+        r"about ([\d.]+) MiB, ([\d.]+) MiB free\): the previous checkpoint ckpt-1 is intact; "
+        r"free space and rerun to resume\.", first)
+    assert message, first[-3000:]
+    needed, free = float(message.group(1)), float(message.group(2))
+    assert abs(needed - CHECKPOINT_MIB) < 0.3 and free < needed, message.group(0)
+    assert "Traceback" not in first, first[-3000:]
+    kept = out / "after_failure"
+    assert tf.train.latest_checkpoint(str(kept)) == str(kept / "ckpt-1")
+    assert checkpoint_problem(str(kept / "ckpt-1")) is None and _step_of(str(kept / "ckpt-1")) == 1
+    assert not [n for n in os.listdir(kept) if n.startswith("ckpt-2")]  # no leftovers
+
+    second = _read(out / "second.log")
+    assert int(_read(out / "second.rc")) == 0, second[-3000:]
+    assert f"Resumed from {run}/ckpt-1 at step 1 " in second, second[-3000:]
+    assert _step_of(tf.train.latest_checkpoint(str(out / "after_rerun"))) == 4
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(shapes_tfrecords, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.run(shlex.split(_train_command(
+        shapes_tfrecords, run, 1, "--checkpoint_every_steps=1")), capture_output=True,
+        text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert tf.train.latest_checkpoint(str(run)) == str(run / "ckpt-2")
+    data = run / "ckpt-2.data-00000-of-00001"
+    with open(data, "r+b") as f:  # a real cut, as a kill or a failing copy leaves it
+        f.truncate(os.path.getsize(data) // 2)
+
+    second = subprocess.run(shlex.split(_train_command(
+        shapes_tfrecords, run, 2, "--checkpoint_every_steps=1")), capture_output=True,
+        text=True, timeout=TIMEOUT, cwd=ROOT)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert re.search(rf"Checkpoint {re.escape(str(run))}/ckpt-2 is not intact \(.+\): skipped, "
+                     r"its files removed\.", log), log[-3000:]
+    assert f"Resumed from {run}/ckpt-1 at step 1 " in log, log[-3000:]
+    latest = tf.train.latest_checkpoint(str(run))
+    assert latest == str(run / "ckpt-4") and _step_of(latest) == 4
+    assert checkpoint_problem(str(run / "ckpt-2")) is None  # written again at step 2
+
+
+@pytest.mark.slow
+def test_an_export_on_a_full_disk_keeps_the_previous_export(
+        namespaces_work, shapes_tfrecords, tmp_path):
+    # The checkpoints on a large tmpfs, the exports on one of 4 MiB: version 1 (2.9 MiB) fits,
+    # version 2 beside it does not; then the export tmpfs grows.
+    disk, exports, out = tmp_path / "disk", tmp_path / "exports", tmp_path / "out"
+    for folder in (disk, exports, out):
+        folder.mkdir()
+    one, two = (_train_command(shapes_tfrecords, disk / "run", epochs,
+                               f"--export_dir={exports}") for epochs in (1, 2))
+    _in_namespace(
+        _mount(disk, "64m") + _mount(exports, "4m")
+        + f"{one} > {out}/first.log 2>&1; echo $? > {out}/first.rc\n"
+        + f"{two} > {out}/second.log 2>&1; echo $? > {out}/second.rc\n"
+        + f"cp -a {exports} {out}/after_failure\n"
+        + f"mount -o remount,size=16m {exports} || exit 90\n"
+        + f"{two} > {out}/third.log 2>&1; echo $? > {out}/third.rc\n"
+        + f"cp -a {exports} {out}/after_rerun\n")
+    assert int(_read(out / "first.rc")) == 0, _read(out / "first.log")[-3000:]
+    second = _read(out / "second.log")
+    assert int(_read(out / "second.rc")) == 1, second[-3000:]
+    message = re.search(
+        rf"No space left on {re.escape(str(exports))} while exporting "
+        rf"{re.escape(str(exports))}/2 \(needs about ([\d.]+) MiB, ([\d.]+) MiB free\): the "
+        rf"previous export {re.escape(str(exports))}/1 is intact; free space and rerun to "
+        r"export again\.", second)
+    assert message, second[-3000:]
+    assert float(message.group(2)) < float(message.group(1)), message.group(0)
+    assert "Traceback" not in second, second[-3000:]
+    kept = out / "after_failure"
+    assert sorted(os.listdir(kept)) == ["1"]  # no version 2, no staging folder
+    detections = tf.saved_model.load(str(kept / "1")).signatures["serving_images"](
+        images=tf.zeros([1, 64, 64, 3], tf.uint8))
+    assert detections["detection_boxes"].shape == (1, 200, 4)
+
+    third = _read(out / "third.log")
+    assert int(_read(out / "third.rc")) == 0, third[-3000:]
+    assert f"Exported the final weights to {exports}/2 " in third, third[-3000:]
+    assert sorted(os.listdir(out / "after_rerun")) == ["1", "2"]
