@@ -152,23 +152,87 @@ def test_the_same_seed_trains_to_identical_weights(shapes_tfrecords, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _summaries(folder) -> dict[str, dict[int, np.ndarray]]:
+    """{tag: {step: value}} of every summary in the event files of ``folder``."""
+    found = {}
+    for path in glob.glob(str(folder / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return found
+
+
 @pytest.mark.slow
 def test_tensorboard_receives_scalars_images_and_hyperparameters(shapes_tfrecords, tmp_path):
-    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1)
-    training.train(config, tf.distribute.get_strategy(), Cluster())
-    tags = {}
-    for kind in ("train", "validation"):
-        for path in glob.glob(str(tmp_path / "run" / kind / "events.out.tfevents.*")):
-            for event in tf.compat.v1.train.summary_iterator(path):
-                for value in event.summary.value:
-                    tags.setdefault(kind, set()).add(value.tag)
-    assert {"loss/total", "loss/cross_entropy", "loss/smooth_l1", "learning_rate",
-            "throughput_images_per_second", "hyperparameters"} <= tags["train"]
-    assert {"mAP", "ground_truth_left_detections_right", "pr_curves",
-            "confusion_matrix"} <= tags["validation"]
-    assert any(tag.startswith("AP/") for tag in tags["validation"])
-    # The evaluation report of the exported weights, at the end of the run.
+    """Values, not only tags: the loss scalars are the means of the steps' own losses since the
+    last report, the learning rate the configured one, mAP and per-class AP those of the
+    exported weights evaluated again on their own, the images those of the evaluation, and the
+    hyperparameter table holds the configured values."""
+    from tfssd import api
+
+    config = tiny_config(shapes_tfrecords, tmp_path / "run", epochs=1, learning_rate=0.0025)
+    trainer = training.Trainer(config, tf.distribute.get_strategy(), Cluster())
+    steps = []  # (cls_loss, box_loss, skipped) of each step, as the runner hands them over
+    collect = trainer.runner.collect
+
+    def recording_collect(*args, **kwargs):
+        losses = collect(*args, **kwargs)
+        steps.extend(tuple(float(v) for v in step) for step in losses)
+        return losses
+
+    trainer.runner.collect = recording_collect
+    result = trainer.train()
+    assert result.global_step == 4 and len(steps) == 4 and not any(s[2] for s in steps)
+    train = _summaries(tmp_path / "run" / "train")
+    validation = _summaries(tmp_path / "run" / "validation")
+
+    # log_every_steps=2: reports at steps 2 and 4, each the mean of its two steps.
+    for step in (2, 4):
+        cls_loss = np.mean([s[0] for s in steps[step - 2:step]])
+        box_loss = np.mean([s[1] for s in steps[step - 2:step]])
+        np.testing.assert_allclose(train["loss/cross_entropy"][step], cls_loss, rtol=1e-6)
+        np.testing.assert_allclose(train["loss/smooth_l1"][step], box_loss, rtol=1e-6)
+        np.testing.assert_allclose(train["loss/total"][step], cls_loss + box_loss, rtol=1e-6)
+        np.testing.assert_allclose(train["learning_rate"][step], 0.0025, rtol=1e-6)
+        assert 0 < train["throughput_images_per_second"][step] < 1e6
+    assert set(train["loss/total"]) == {2, 4}
+    assert len({float(v) for v in train["loss/cross_entropy"].values()}) == 2  # two means
+
+    table = train["hyperparameters"][0].item().decode()
+    rows = dict(re.findall(r"^\| (\S+) \| (.*) \|$", table, re.M))
+    assert rows["model.num_classes"] == "3" and rows["model.image_size"] == "128"
+    assert rows["train.mini_batch_size"] == "4" and rows["train.learning_rate"] == "0.0025"
+    assert rows["train.num_training_samples"] == "16" and rows["train.seed"] == "3"
+    assert rows["train.epochs"] == "1" and rows["eval.ap_method"] == "11point"
+    assert rows["data.train_files"] == f"{len(shapes_tfrecords['train'])} files"
+
+    # The only validation (step 4) is the exported weights': evaluated again from the export.
+    again = api.evaluate(result.export_path, list(shapes_tfrecords["validation"]))
+    assert set(validation["mAP"]) == {4}
+    np.testing.assert_allclose(validation["mAP"][4], result.best_map, rtol=1e-6)
+    np.testing.assert_allclose(validation["mAP"][4], again.voc.mean_ap, rtol=1e-3, atol=1e-6)
+    for name, ap in zip(again.class_names, again.voc.ap):
+        if not np.isnan(ap):
+            np.testing.assert_allclose(validation[f"AP/{name}"][4], ap, rtol=1e-3, atol=1e-6)
+    assert again.class_names == ["circle", "square", "triangle"]
+
+    # Images: [width, height, PNG...] per image. 4 validation images drawn (SUMMARY_IMAGES),
+    # ground truth and detections side by side; the plots as the report draws them.
+    drawn = validation["ground_truth_left_detections_right"][4]
+    assert len(drawn) == 2 + 4
+    for encoded in drawn[2:]:
+        pixels = tf.io.decode_png(encoded).numpy()
+        assert pixels.shape[1] > 2 * pixels.shape[0] - 10 and pixels.shape[2] == 3
     report = tmp_path / "run" / "report"
+    for name in ("pr_curves", "confusion_matrix"):
+        summary = tf.io.decode_png(validation[name][4][2]).numpy()
+        with Image.open(report / f"{name}.png") as image:
+            written = np.asarray(image.convert("RGB"))
+        assert summary.shape == written.shape == (600, 800, 3)
+        # The same evaluation drawn twice: the pixels agree but for antialiasing.
+        assert np.mean(np.abs(summary.astype(int) - written)) < 2.0, name
+
+    # The evaluation report of the exported weights, at the end of the run.
     figures = json.loads((report / "report.json").read_text())
     assert figures["images"] == 8 and figures["image_shape"] == 128
     assert set(figures["best_threshold"]) == {"circle", "square", "triangle", "overall"}
