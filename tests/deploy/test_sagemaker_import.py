@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.model.params_writer import dump_params
 from tfssd import api
 from tfssd.config.run_config import RUN_FILE
 from tfssd.deploy import sagemaker_import
@@ -127,7 +128,7 @@ def test_weights_of_other_shapes_are_refused(tmp_path):
     changed["arg:multi_feat_3_conv_1x1_conv_weight"] = np.zeros((8, 64, 3, 3), np.float32)
     del changed["aux:stage1_unit1_bn2_moving_var"]
     tar = make_tar(tmp_path / "model.tar.gz",
-                   {"model_algo_1-0000.params": mxnet_params.dump_params(changed)})
+                   {"model_algo_1-0000.params": dump_params(changed)})
     with pytest.raises(sagemaker_import.SageMakerImportError) as error:
         sagemaker_import.import_sagemaker_model(tar, str(tmp_path / "model"))
     assert "weights missing: stage1_unit1_bn2_moving_var" in str(error.value)

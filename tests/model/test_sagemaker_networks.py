@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.model.params_writer import dump_params
 from tfssd.model import multibox, mxnet_params, sagemaker_networks
 from tfssd.model.postprocess import MultiBoxDetection, detect, multibox_detection
 from tfssd.ops import box_coder
@@ -45,12 +46,17 @@ def test_params_written_by_mxnet_are_read_with_their_names_shapes_and_dtypes():
 def test_params_round_trip_and_bad_files_are_refused():
     arrays = {"arg:w": np.arange(6, dtype=np.float32).reshape(2, 3),
               "aux:m": np.array([1.5], np.float64), "arg:i": np.array([[7]], np.int32)}
-    read = mxnet_params.parse_params(mxnet_params.dump_params(arrays))
+    read = mxnet_params.parse_params(dump_params(arrays))
     assert list(read) == list(arrays)
     for name, value in arrays.items():
         np.testing.assert_array_equal(read[name], value)
         assert read[name].dtype == value.dtype
-    data = mxnet_params.dump_params(arrays)
+    data = dump_params(arrays)
+    # The tests' writer (tests/model/params_writer.py) writes what MXNet writes: read back, a
+    # file MXNet saved is rewritten byte for byte.
+    with open(os.path.join(FIXTURES, "vgg16_narrow", "model_algo_1-0000.params"), "rb") as f:
+        saved = f.read()
+    assert dump_params(mxnet_params.parse_params(saved)) == saved
     with pytest.raises(mxnet_params.MXNetFormatError, match="truncated"):
         mxnet_params.parse_params(data[:60])
     with pytest.raises(mxnet_params.MXNetFormatError, match="not an MXNet .params"):

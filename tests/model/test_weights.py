@@ -154,7 +154,8 @@ def test_file_written_by_keras_loads_into_every_layer(tmp_path, base, absl_lines
 def test_sagemakers_networks_start_from_mxnet_imagenet_files_by_layer_name(tmp_path):
     """An MXNet ImageNet file (a backbone's parameters, MXNet's names and NCHW shapes) sets the
     backbone of SageMaker's VGG-16 and leaves the rest; without a file the message says which."""
-    from tfssd.model import mxnet_params, sagemaker_networks
+    from tests.model.params_writer import dump_params
+    from tfssd.model import sagemaker_networks
     from tfssd.model.ssd import ssd_network
 
     ssd = ssd_network("sagemaker-vgg-16", 3, 300, width_multiplier=0.0625)
@@ -163,7 +164,7 @@ def test_sagemakers_networks_start_from_mxnet_imagenet_files_by_layer_name(tmp_p
     backbone = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()
                 if n.startswith(("conv", "fc"))}  # vgg16_reduced's own layers, no heads
     path = tmp_path / "vgg16_reduced-0000.params"
-    path.write_bytes(mxnet_params.dump_params(
+    path.write_bytes(dump_params(
         {**{f"arg:{n}": v for n, v in backbone.items()}, "arg:fc8_weight": np.zeros((2, 2))}))
     before = ssd.model.get_layer("multi_feat_2_conv_3x3_conv").get_weights()
 

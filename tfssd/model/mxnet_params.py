@@ -1,4 +1,4 @@
-"""MXNet's saved files, read (and written) with NumPy alone: ``.params`` and ``-symbol.json``.
+"""MXNet's saved files, read with NumPy alone: ``.params`` and ``-symbol.json``.
 
 ``.params`` (``mx.nd.save`` of a dict, as ``Module.save_checkpoint`` writes it): little-endian
 
@@ -110,23 +110,6 @@ def split_params(params: dict[str, np.ndarray]) -> tuple[dict, dict]:
         else:
             args[bare if bare and kind == "arg" else name] = value
     return args, aux
-
-
-def dump_params(arrays: dict[str, np.ndarray]) -> bytes:
-    """The bytes MXNet 1.x writes (V2 arrays, CPU) for {name: array}, names as given."""
-    codes = {np.dtype(t): c for c, t in DTYPES.items()}
-    out = [struct.pack("<QQQ", LIST_MAGIC, 0, len(arrays))]
-    for value in arrays.values():
-        value = np.ascontiguousarray(value)
-        out.append(struct.pack("<Ii", _V2, 0))
-        out.append(struct.pack(f"<I{value.ndim}q", value.ndim, *value.shape))
-        out.append(struct.pack("<iii", 1, 0, codes[value.dtype]))
-        out.append(value.astype(value.dtype.newbyteorder("<")).tobytes())
-    out.append(struct.pack("<Q", len(arrays)))
-    for name in arrays:
-        encoded = name.encode("utf-8")
-        out.append(struct.pack("<Q", len(encoded)) + encoded)
-    return b"".join(out)
 
 
 def load_symbol(path: str) -> dict:
