@@ -11,7 +11,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from tfssd.data import mxnet_formats, voc
+from tests.data.format_writers import pack_image_record, write_record
+from tfssd.data import voc
 
 CLASS_NAMES = ["circle", "square", "triangle"]  # the shapes dataset's, sorted
 
@@ -41,8 +42,8 @@ def im2rec_bytes(pictures):
         for c, x0, y0, x1, y1 in boxes:
             label += [c, x0 / width, y0 / height, x1 / width, y1 / height]
         with open(path, "rb") as f:
-            record = mxnet_formats.pack_image_record(np.array(label), index, f.read())
-        mxnet_formats.write_record(out, record)
+            record = pack_image_record(np.array(label), index, f.read())
+        write_record(out, record)
     return out.getvalue()
 
 
@@ -73,10 +74,10 @@ def manifest_pipe_bytes(pictures, attribute="bounding-box", metadata=True):
     out = io.BytesIO()
     for path, width, height, boxes in pictures:
         with open(path, "rb") as f:
-            mxnet_formats.write_record(out, f.read())
-        mxnet_formats.write_record(out, json.dumps(_annotation(width, height, boxes)).encode())
+            write_record(out, f.read())
+        write_record(out, json.dumps(_annotation(width, height, boxes)).encode())
         if metadata:
-            mxnet_formats.write_record(out, json.dumps({
+            write_record(out, json.dumps({
                 "class-map": {str(i): n for i, n in enumerate(CLASS_NAMES)},
                 "type": "groundtruth/object_detection"}).encode())
     return out.getvalue()

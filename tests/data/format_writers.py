@@ -130,8 +130,9 @@ def write_lst(pictures, path):
             f.write("\t".join([str(index)] + [repr(float(v)) for v in _label(p)] + [p.file]) + "\n")
 
 
-def _write_recordio_record(f, data):
-    """dmlc RecordIO: split at 4-aligned occurrences of the magic, which is then dropped."""
+def write_record(stream, data):
+    """``data`` as one dmlc RecordIO record: split at 4-aligned occurrences of the magic, which
+    is then dropped (continuation flags 1 first, 2 middle, 3 last; 0 for a single part)."""
     magic = struct.pack("<I", MAGIC)
     parts, start = [], 0
     for i in range(0, len(data) - len(data) % 4, 4):
@@ -141,17 +142,22 @@ def _write_recordio_record(f, data):
     parts.append(data[start:])
     flags = [0] if len(parts) == 1 else [1] + [2] * (len(parts) - 2) + [3]
     for flag, part in zip(flags, parts):
-        f.write(struct.pack("<II", MAGIC, (flag << 29) | len(part)))
-        f.write(part + b"\0" * (-len(part) % 4))
+        stream.write(struct.pack("<II", MAGIC, (flag << 29) | len(part)))
+        stream.write(part + b"\0" * (-len(part) % 4))
+
+
+def pack_image_record(label, image_id, image):
+    """An MXNet image record as im2rec packs a detection label: the IRHeader (uint32 flag =
+    label length, float32 0, uint64 id, uint64 0), the float32 label, the image bytes."""
+    label = np.asarray(label, np.float32)
+    return struct.pack("<IfQQ", len(label), 0.0, image_id, 0) + label.tobytes() + image
 
 
 def write_rec(pictures, path):
-    """As im2rec packs detection lists: IRHeader with flag = label length, label, image."""
+    """As im2rec packs detection lists."""
     with open(path, "wb") as f:
         for index, p in enumerate(pictures):
-            label = np.array(_label(p), np.float32)
-            header = struct.pack("<IfQQ", len(label), 0.0, index, 0)
-            _write_recordio_record(f, header + label.tobytes() + p.data)
+            write_record(f, pack_image_record(_label(p), index, p.data))
 
 
 def write_yolo(pictures, root):

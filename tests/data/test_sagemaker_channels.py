@@ -6,6 +6,7 @@ tests/training/test_sagemaker_job.py and test_sagemaker_pipe.py, train through t
 import io
 import json
 import os
+import struct
 
 import pytest
 
@@ -70,26 +71,29 @@ def test_manifest_records_group_into_images_with_their_labels_and_class_names():
 def test_manifest_records_in_the_wrong_order_or_format_are_refused():
     with pytest.raises(ChannelError, match="list the image attribute .source-ref. first"):
         sagemaker_channels.manifest_records([_label(), JPEG], "train")
-    label = mxnet_formats.pack_image_record([2, 5, 0, 0.1, 0.1, 0.5, 0.5], 0, JPEG)
+    label = format_writers.pack_image_record([2, 5, 0, 0.1, 0.1, 0.5, 0.5], 0, JPEG)
     with pytest.raises(ChannelError, match="leave RecordWrapperType None"):
         sagemaker_channels.manifest_records([label], "train")
 
 
-def test_written_records_read_back_and_match_an_independent_writer():
+def test_a_record_holding_the_magic_is_written_in_parts_and_read_back_whole():
     aligned = JPEG + b"\0" * (-len(JPEG) % 4)
     data = aligned + b"\x0a\x23\xd7\xce" + b"tail"  # the magic, 4-aligned: split in 2 parts
-    ours, theirs = io.BytesIO(), io.BytesIO()
-    mxnet_formats.write_record(ours, data)
-    assert len(ours.getvalue()) == 8 + len(aligned) + 8 + 4
-    format_writers._write_recordio_record(theirs, data)
-    assert ours.getvalue() == theirs.getvalue()
-    ours.seek(0)
-    assert list(mxnet_formats.read_record_stream(ours, "x")) == [data]
+    out = io.BytesIO()
+    format_writers.write_record(out, data)
+    written = out.getvalue()
+    # By hand: part 1 (flag 1) is the aligned JPEG, the magic is dropped, part 2 (flag 3) "tail".
+    assert len(written) == 8 + len(aligned) + 8 + 4
+    assert struct.unpack_from("<II", written) == (0xCED7230A, 1 << 29 | len(aligned))
+    assert struct.unpack_from("<II", written, 8 + len(aligned)) == (0xCED7230A, 3 << 29 | 4)
+    assert written[-4:] == b"tail"
+    out.seek(0)
+    assert list(mxnet_formats.read_record_stream(out, "x")) == [data]
 
 
 def _record(data):
     out = io.BytesIO()
-    mxnet_formats.write_record(out, data)
+    format_writers.write_record(out, data)
     return out.getvalue()
 
 
@@ -99,7 +103,7 @@ def _im2rec(count, bad=()):
     out = io.BytesIO()
     for i in range(count):
         image = JPEG[:40] if i in bad else JPEG
-        mxnet_formats.write_record(out, mxnet_formats.pack_image_record(
+        format_writers.write_record(out, format_writers.pack_image_record(
             [2, 5, i % 2, 0.1, 0.2, 0.6, 0.7], i, image))
     return out.getvalue()
 
@@ -265,7 +269,7 @@ def test_a_piped_validation_channel_reads_its_next_pass_whole_at_each_reading(tm
     big = format_writers._jpeg(16, 8, 0, trailing=b"\1" * 400_000)
     out = io.BytesIO()
     for i in range(5):
-        mxnet_formats.write_record(out, mxnet_formats.pack_image_record(
+        format_writers.write_record(out, format_writers.pack_image_record(
             [2, 5, i % 2, 0.1, 0.2, 0.6, 0.7], i, big))
     data = out.getvalue()
     prefix = str(tmp_path / "validation")

@@ -38,8 +38,9 @@ def test_written_and_read_back(tmp_path):
 
 
 def test_padding_is_ignored():
-    label = schema.pad_label(tf.constant(schema.make_label([4], [[0.1, 0.2, 0.3, 0.4]])), 20)
-    assert label.shape == (20,) and float(label[-1]) == -1.0
+    label = schema.make_label([4], [[0.1, 0.2, 0.3, 0.4]])  # 2 + 5 values, padded to 20
+    label = tf.constant(np.concatenate([label, np.full(20 - len(label), schema.PAD_VALUE)]),
+                        tf.float32)
     boxes, classes, _ = schema.label_to_objects(label)
     np.testing.assert_array_equal(classes.numpy(), [4])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import sagemaker_fixtures as sm
-from tfssd.data import mxnet_formats
+from tests.data.format_writers import pack_image_record, write_record
 
 HYPERPARAMETERS = {"num_classes": 3, "num_training_samples": 8, "mini_batch_size": 4,
                    "epochs": 3, "use_pretrained_model": 0, "width_multiplier": 0.0625,
@@ -22,12 +22,11 @@ def _corrupt_record(image_id):
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "tfssd", "__init__.py"),
               "rb") as f:
         not_an_image = b"\xff\xd8\xff\xe0" + f.read(64)
-    record = mxnet_formats.pack_image_record(np.array([2, 5, 0, 0.1, 0.1, 0.5, 0.5]), image_id,
-                                             not_an_image)
+    record = pack_image_record(np.array([2, 5, 0, 0.1, 0.1, 0.5, 0.5]), image_id, not_an_image)
     import io
 
     out = io.BytesIO()
-    mxnet_formats.write_record(out, record)
+    write_record(out, record)
     return out.getvalue()
 
 

@@ -111,26 +111,6 @@ def read_record_stream(stream, where: str):
             raise MXNetFormatError(f"{where}: bad continuation flag at byte {offset}")
 
 
-def write_record(stream, data: bytes) -> None:
-    """Writes ``data`` as one dmlc RecordIO record, split where it holds the magic number."""
-    parts, start = [], 0
-    for i in range(0, len(data) - len(data) % 4, 4):
-        if data[i:i + 4] == _MAGIC_BYTES:
-            parts.append(data[start:i])
-            start = i + 4
-    parts.append(data[start:])
-    flags = [0] if len(parts) == 1 else [1] + [2] * (len(parts) - 2) + [3]
-    for flag, part in zip(flags, parts):
-        stream.write(struct.pack("<II", RECORDIO_MAGIC, (flag << 29) | len(part)))
-        stream.write(part + b"\0" * (-len(part) % 4))
-
-
-def pack_image_record(label: np.ndarray, image_id: int, image: bytes) -> bytes:
-    """An MXNet image record as im2rec packs detection labels: IRHeader, float32 label, image."""
-    label = np.asarray(label, np.float32)
-    return _IR_HEADER.pack(len(label), 0.0, image_id, 0) + label.tobytes() + image
-
-
 def unpack_image_record(record: bytes) -> tuple[np.ndarray, int, bytes]:
     """An MXNet image record -> (label float32 [N], image id, image bytes)."""
     flag, scalar, image_id, _ = _IR_HEADER.unpack_from(record)

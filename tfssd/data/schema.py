@@ -171,11 +171,6 @@ def check_label_width(label: tf.Tensor, label_width: int, filename: tf.Tensor) -
          filename, "needs label_width of at least", length], summarize=3)
 
 
-def pad_label(label: tf.Tensor, label_width: int) -> tf.Tensor:
-    """Pads ``label [L]`` (L <= label_width) with -1 to float32 [label_width]."""
-    return tf.pad(label, [[0, label_width - tf.shape(label)[0]]], constant_values=PAD_VALUE)
-
-
 def label_to_objects(label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Splits a flat label (possibly padded with -1) into its objects.
 
