@@ -8,6 +8,9 @@ script ``tfssd-<name>``) and ``python -m tfssd.<name>`` both go through ``run_co
 * turns an unexpected exception into one line naming it and the file holding the full
   traceback (``--show_traceback`` prints it instead). Expected failures (bad input, bad flags)
   are the commands' own one-line messages and exit codes;
+* answers a usage error (a flag absl cannot parse, an unknown flag, a value ``main`` refuses
+  with ``app.UsageError``) with the error first and a pointer to ``--help``, not absl's whole
+  usage text (the docstring and every flag) with the error last;
 * inside a SageMaker container, leaves the message of a failure (a usage error, ``fail``, an
   unexpected error) in ``/opt/ml/output/failure``, where SageMaker shows it as the job's reason.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -87,6 +91,32 @@ def _report_unexpected(name: str, error: BaseException) -> str:
     return line
 
 
+def usage_error(name: str, message: str, exit_code: int = 1) -> None:
+    """Ends the command on a usage error: what is wrong first (the message names the flag and
+    its value), then where the flags are described; left for SageMaker too."""
+    message = str(message).strip() or "invalid usage"
+    write_failure(f"{name}: {message}")
+    sys.stdout.flush()
+    sys.stderr.write(f"{name}: error: {message}\nRun {name} --help for the flags.\n")
+    sys.stderr.flush()
+    sys.exit(exit_code)
+
+
+def _flag_error(error: Exception) -> str:
+    """absl's message of a flag it cannot parse (it names the flag and the value), with what
+    the flag takes where absl does not say it: ``--epochs=x: invalid literal for int() with
+    base 10: 'x' (expected an integer)``."""
+    text = str(error).removeprefix("flag ")
+    named = re.match(r"--(\w+)=", text)
+    if not (isinstance(error, flags.IllegalFlagValueError) and named and named[1] in FLAGS):
+        return text
+    parser = FLAGS[named[1]].parser
+    expected = parser.syntactic_help or ("true or false" if parser.flag_type() == "bool" else "")
+    if expected and "should be" not in text and "expected" not in text:
+        text += f" (expected {expected})"
+    return text
+
+
 def _help_lists_the_commands_flags(define_flags: Callable, main: Callable) -> None:
     """absl's --help shows the flags and docstring of the main module (``sys.argv[0]``); under
     a console script that is pip's wrapper, so the command's own are registered for it."""
@@ -114,14 +144,19 @@ def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], No
                       "Print the full traceback of an unexpected error instead of one line.")
     _help_lists_the_commands_flags(define_flags, main)
 
+    def parse_flags(argv: list[str]) -> list[str]:
+        try:
+            return FLAGS(argv)
+        except (flags.Error, ValueError) as e:  # absl's ValueError: --nobool=1
+            usage_error(name, _flag_error(e))
+
     def guarded(argv):
         if tensorflow:
             quiet_tensorflow()
         try:
             return main(argv)
         except app.UsageError as e:
-            write_failure(f"{name}: {e}")
-            raise
+            usage_error(name, str(e), e.exitcode)
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as e:  # anything no message was written for
@@ -131,4 +166,4 @@ def run_command(define_flags: Callable[[], None], main: Callable[[list[str]], No
             _report_unexpected(name, e)
             sys.exit(1)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)
