@@ -345,14 +345,17 @@ def test_load_with_bad_requests_mixed_in_keeps_serving_and_memory_flat(served):
 
 
 class _FakeModel:
-    """Stands for a Detector: records batch sizes; an image b"bad" fails like a decode error."""
+    """Stands for a Detector: records batch sizes; an image b"bad" fails like a decode error,
+    and every call fails with ``error`` when one is given (out of memory, a bug)."""
 
-    def __init__(self):
-        self.batch_sizes = []
+    def __init__(self, error: Exception | None = None):
+        self.batch_sizes, self.error = [], error
 
     def __call__(self, images):
         self.batch_sizes.append(len(images))
         time.sleep(0.02)
+        if self.error is not None:
+            raise self.error
         if b"bad" in images:
             raise tf.errors.InvalidArgumentError(None, None, "Unknown image file format")
         n = len(images)
@@ -394,6 +397,20 @@ def test_batcher_unbatched_and_one_bad_image_fails_alone():
     assert results[0][0]["detection_scores"][0] == 4 and results[2][0] is not None
     assert isinstance(results[1], serving_formats.RequestError)
     assert results[1].status == 400 and results[1].message.startswith("bad one: the model cannot")
+
+
+@pytest.mark.parametrize("error", [
+    tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"),
+    RuntimeError("a bug")])
+def test_batcher_a_general_failure_fails_the_batch_after_one_call(error):
+    """Only what one image can cause is worth running each image alone: a failure of the model
+    itself costs one call, not one more a image, and every request of the batch gets a 500."""
+    model = _FakeModel(error)
+    results = _run_batcher(model, 8, [[("a", b"a")], [("b", b"b"), ("c", b"c")], [("d", b"d")]])
+    assert model.batch_sizes == [4]
+    for result, first in zip(results, ["a", "b", "d"]):
+        assert isinstance(result, serving_formats.RequestError) and result.status == 500
+        assert result.message.startswith(f"{first}: the model failed ({type(error).__name__})")
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@
 to ``max_batch_size`` waiting images (waiting at most ``timeout_s`` for a batch to fill), runs
 them in a thread of its own so that the event loop keeps answering, and hands each request its
 own results; images that arrive meanwhile form the next batch. An image the model cannot take
-fails alone, not its batch.
+(it does not decode) fails alone, not its batch: the batch's images are then run one by one.
+Any other failure (out of memory, a bug) fails the batch after its one call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import tensorflow as tf
 from absl import logging
 
 from tfssd.deploy.contracts import RequestError
+from tfssd.ops.image_check import ImageError
+
+# What one image can cause: the serving graph (or a host's decode, for .tflite and .xml) cannot
+# decode it, or the image check refuses it. Only these are worth running each image alone.
+IMAGE_ERRORS = (tf.errors.InvalidArgumentError, ImageError)
 
 
 @dataclasses.dataclass
@@ -96,19 +102,20 @@ class Batcher:
             return []
         try:
             detections = self._model([item.image for item in batch])
-            return [{key: value[n] for key, value in detections.items()}
-                    for n in range(len(batch))]
-        except Exception as e:
+        except IMAGE_ERRORS as e:
             if len(batch) == 1:
-                return [_model_failure(batch[0].name, e)]
-        # One image the model cannot take fails its whole batch: run each alone, so only it fails.
-        return [self._run_batch([item])[0] for item in batch]
+                return [_image_failure(batch[0].name, e)]
+            # One image the model cannot take fails its whole batch: run each alone, so that
+            # only it fails.
+            return [self._run_batch([item])[0] for item in batch]
+        except Exception as e:
+            logging.error("model call failed on a batch of %d images", len(batch), exc_info=e)
+            return [RequestError(500, f"{item.name}: the model failed ({type(e).__name__}); "
+                                      "see the log") for item in batch]
+        return [{key: value[n] for key, value in detections.items()} for n in range(len(batch))]
 
 
-def _model_failure(name: str, error: Exception) -> RequestError:
-    if isinstance(error, tf.errors.InvalidArgumentError):
-        first_line = (error.message or "").strip().splitlines()[:1]
-        return RequestError(400, f"{name}: the model cannot decode this image "
-                                 f"({' '.join(first_line)})")
-    logging.error("model call failed on %s", name, exc_info=error)
-    return RequestError(500, f"{name}: the model failed ({type(error).__name__}); see the log")
+def _image_failure(name: str, error: Exception) -> RequestError:
+    first_line = (getattr(error, "message", None) or str(error)).strip().splitlines()[:1]
+    return RequestError(400, f"{name}: the model cannot decode this image "
+                             f"({' '.join(first_line)})")
