@@ -42,22 +42,47 @@ def trained(shapes_voc, tmp_path_factory):
     return {"work": work, "model_dir": model_dir, "log": result.stdout + result.stderr}
 
 
+def _scalars(folder) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of the scalar summaries in the event files of ``folder``."""
+    import tensorflow as tf
+
+    found = {}
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                if array.shape == () and array.dtype.kind == "f":
+                    found.setdefault(value.tag, {})[event.step] = float(array)
+    return found
+
+
 @pytest.mark.slow
 def test_train_writes_sagemaker_metrics_and_an_export(trained):
-    found = {name: re.findall(regex, trained["log"]) for name, regex in METRIC_REGEXES.items()}
+    """The metric lines carry the run's own values: with --log_every_steps=1, each step's
+    losses and throughput as the run recorded them in TensorBoard, progress step by step, each
+    epoch's validation mAP, then the exported model's: the best epoch's."""
+    found = {name: [float(v) for v in re.findall(regex, trained["log"])]
+             for name, regex in METRIC_REGEXES.items()}
     for name, values in found.items():
         assert values, f"no {name} line in the log"
-        numbers = [float(v) for v in values]
-        assert all(math.isfinite(v) for v in numbers), (name, values)
-        low, high = {"train:progress": (0, 100), "validation:mAP": (0, 1)}.get(name, (0, 1e9))
-        assert all(low <= v <= high for v in numbers), (name, values)
-        if name in ("train:cross_entropy", "train:smooth_l1", "train:throughput"):
-            assert all(v > 0 for v in numbers), (name, values)
-    assert float(found["train:progress"][-1]) == 100.0
-    # One per epoch, then the exported model's (the best epoch's weights), which tuning ranks by.
-    epochs, final = [float(v) for v in found["validation:mAP"][:-1]], float(
-        found["validation:mAP"][-1])
-    assert len(epochs) == 2 and abs(final - max(epochs)) < 0.02, found["validation:mAP"]
+        assert all(math.isfinite(v) for v in values), (name, values)
+    train = _scalars(trained["model_dir"] / "train")
+    validation = _scalars(trained["model_dir"] / "validation")
+    steps = sorted(train["loss/cross_entropy"])
+    assert steps == [1, 2, 3, 4]  # 8 samples, batches of 4, 2 epochs
+    assert found["train:progress"] == [25.0, 50.0, 75.0, 100.0]
+    # Printed with 6 decimals (3 for the throughput).
+    for name, tag, decimals in (("train:cross_entropy", "loss/cross_entropy", 6),
+                                ("train:smooth_l1", "loss/smooth_l1", 6),
+                                ("train:throughput", "throughput_images_per_second", 3)):
+        np.testing.assert_allclose(found[name], [train[tag][s] for s in steps], rtol=1e-6,
+                                   atol=0.6 * 10.0 ** -decimals, err_msg=name)
+    assert all(v > 0 for v in found["train:cross_entropy"] + found["train:throughput"])
+    # One per epoch (after steps 2 and 4), then the exported model's, which tuning ranks by:
+    # the best epoch's weights.
+    epochs, final = found["validation:mAP"][:-1], found["validation:mAP"][-1]
+    np.testing.assert_allclose(epochs, [validation["mAP"][2], validation["mAP"][4]], atol=6e-7)
+    assert abs(final - max(epochs)) <= 1e-4, found["validation:mAP"]
     assert os.path.isfile(trained["model_dir"] / "export" / "1" / "saved_model.pb")
 
 
@@ -87,14 +112,80 @@ def test_predict_prints_sagemaker_responses_and_draws(trained, shapes_voc, tmp_p
         assert json.loads((tmp_path / f"{stem}.json").read_text()) == lines[images.index(image)]
 
 
+def _voc07_ap(detections: list, ground_truth: list, class_id: int) -> float:
+    """PASCAL VOC 2007's 11-point AP of one class, written here from the devkit's definition:
+    detections by falling score, each a true positive when its best-overlapping ground truth
+    of the class (IoU > 0.5) is not yet taken; difficult objects count neither way.
+
+    ``detections``: per image (boxes [K, 4] yxyx, scores [K], classes [K]); ``ground_truth``:
+    per image (boxes [M, 4], classes [M], difficult [M]).
+    """
+    found = [(score, image, box) for image, (boxes, scores, classes) in enumerate(detections)
+             for box, score, c in zip(boxes, scores, classes) if int(c) == class_id]
+    found.sort(key=lambda d: -d[0])
+    objects = sum(int(((c == class_id) & ~d).sum()) for _, c, d in ground_truth)
+    taken = [np.zeros(len(c), bool) for _, c, _ in ground_truth]
+    hits = []
+    for _, image, box in found:
+        gt_boxes, gt_classes, difficult = ground_truth[image]
+        best, best_iou = -1, 0.0
+        for j, (gt, c) in enumerate(zip(gt_boxes, gt_classes)):
+            if c != class_id:
+                continue
+            height = min(box[2], gt[2]) - max(box[0], gt[0])
+            width = min(box[3], gt[3]) - max(box[1], gt[1])
+            inter = max(height, 0.0) * max(width, 0.0)
+            union = ((box[2] - box[0]) * (box[3] - box[1]) + (gt[2] - gt[0]) * (gt[3] - gt[1])
+                     - inter)
+            if union > 0 and inter / union > best_iou:
+                best, best_iou = j, inter / union
+        if best_iou > 0.5 and difficult[best]:
+            continue
+        hit = best_iou > 0.5 and not taken[image][best]
+        if hit:
+            taken[image][best] = True
+        hits.append(hit)
+    if not objects:
+        return float("nan")
+    true_positives = np.cumsum(hits)
+    recall = true_positives / objects
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
+                          for t in np.linspace(0, 1, 11)]))
+
+
 @pytest.mark.slow
 def test_evaluate_the_exported_model(trained, tmp_path):
-    """With --report, which adds its files and lines to the same output."""
+    """Its mAP is the VOC 2007 mAP computed here, independently, on the export's own detections
+    (the SavedModel run in this process on each record's encoded image); with --report, which
+    adds its files and lines to the same output, the report counts the records' objects."""
+    import tensorflow as tf
+
+    from tfssd.data import schema
+
     result = run("-m", "tfssd.cli.evaluate", f"--saved_model={trained['model_dir']}/export",
                  f"--validation={trained['work']}/data/val-*", f"--report={tmp_path}/report",
                  "--image_shape=300")
-    # The training log's last validation:mAP line is this export's mAP.
     evaluated = float(re.search(METRIC_REGEXES["validation:mAP"], result.stdout).group(1))
+
+    serve = tf.saved_model.load(str(trained["model_dir"] / "export" / "1")).signatures[
+        "serving_default"]
+    detections, ground_truth = [], []
+    for record in tf.data.TFRecordDataset(sorted(glob.glob(f"{trained['work']}/data/val-*"))):
+        example = schema.parse_example(record)
+        boxes, classes, difficult = (t.numpy() for t in schema.label_to_objects(
+            example["label"]))
+        ground_truth.append((boxes, classes, difficult))
+        out = {k: v.numpy()[0] for k, v in serve(images=example["image_bytes"][None]).items()}
+        n = int(out["num_detections"])
+        detections.append((out["detection_boxes"][:n], out["detection_scores"][:n],
+                           out["detection_classes"][:n]))
+    assert len(ground_truth) == 8 and sum(len(d[1]) for d in detections) > 0
+    ap = [_voc07_ap(detections, ground_truth, c) for c in range(3)]
+    expected = float(np.nanmean(ap))
+    print("VOC07 mAP, tfssd-evaluate and recomputed:", evaluated, expected, ap)
+    assert expected > 0 and abs(evaluated - expected) <= 1e-6, (evaluated, expected, ap)
+    # The training log's last validation:mAP line is this export's mAP.
     final = float(re.findall(METRIC_REGEXES["validation:mAP"], trained["log"])[-1])
     assert abs(evaluated - final) < 1e-4, (evaluated, final)
     assert "circle" in result.stdout and "8 images" in result.stdout
@@ -104,8 +195,14 @@ def test_evaluate_the_exported_model(trained, tmp_path):
             assert png.size == (800, 600)
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert summary["images"] == 8 and "overall" in summary["best_threshold"]
-    confusion = (tmp_path / "report" / "confusion_matrix.csv").read_text().splitlines()
-    assert confusion[0].endswith(",background") and len(confusion) == 3 + 2
+    rows = [row.split(",") for row in
+            (tmp_path / "report" / "confusion_matrix.csv").read_text().splitlines()]
+    assert rows[0] == ["ground truth \\ detection", "circle", "square", "triangle",
+                       "background"]
+    # Each class's row counts its objects (found, confused or missed), difficult ones left out.
+    objects = [sum(int(((c == k) & ~d).sum()) for _, c, d in ground_truth) for k in range(3)]
+    assert [sum(int(v) for v in row[1:]) for row in rows[1:4]] == objects
+    assert rows[4][0] == "background" and rows[4][-1] == "0"
 
 
 def _as_odapi(tfssd_files: list[str], path: str) -> None:
