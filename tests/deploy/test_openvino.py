@@ -142,7 +142,7 @@ def test_float_xml_matches_the_saved_model_in_openvino_alone(exported, shapes_vo
     assert settings["nms_threshold"] == 0.5 and settings["class_names"] == CLASSES
 
 
-async def _invoke(model: serving.Detector, image: bytes) -> list:
+async def _invoke(model: detectors.Detector, image: bytes) -> list:
     """POST image/jpeg to /invocations of tfssd-serve's application on 127.0.0.1."""
     async with TestClient(TestServer(serving.make_app(model), host="127.0.0.1")) as client:
         assert (await client.get("/ping")).status == 200
@@ -165,10 +165,9 @@ def test_detector_bfloat16_and_the_http_server(exported, shapes_voc):
     np.testing.assert_allclose(half["detection_scores"][:, :TOP],
                                actual["detection_scores"][:, :TOP], atol=2e-2)
     # --openvino_precision of tfssd-serve, -predict and -evaluate reaches OpenVINO's hint.
-    assert serving.Detector(exported["xml"], "bfloat16")._other.precision == "bfloat16"
     assert api.load(exported["xml"], openvino_precision="bfloat16").precision == "bfloat16"
-    served = serving.Detector(exported["xml"])  # what tfssd-serve --model=X.xml loads
-    assert (served.version, served.labels) == (1, CLASSES)
+    served = openvino  # what tfssd-serve --model=X.xml loads (load_detector, as tfssd-predict)
+    assert (served.version, served.class_names) == (1, CLASSES)
     rows = asyncio.run(_invoke(served, encoded[0]))
     assert len(rows) == int(actual["num_detections"][0])
     assert [row[0] for row in rows[:TOP]] == list(actual["detection_classes"][0, :TOP])

@@ -1,4 +1,4 @@
-"""Serves an exported SavedModel over HTTP: SageMaker's endpoint contract and TF Serving's REST API.
+"""Serves a detector over HTTP: SageMaker's endpoint contract and TF Serving's REST API.
 
   python -m tfssd.cli.serve --model=EXPORT_DIR [--host=127.0.0.1] [--port=8080] [--model_name=ssd]
 
@@ -32,9 +32,9 @@ DEFAULT_PORT = 8080
 def define_flags() -> None:
     flags.DEFINE_string("model", None,
                         "An exported SavedModel, or a directory of numbered versions (the highest "
-                        "is served), a .tflite (tfssd-export-tflite) or an OpenVINO .xml "
-                        f"(tfssd-export-openvino). Default: {SAGEMAKER_MODEL_DIR} if it exists "
-                        "(SageMaker).")
+                        "is served), a .tflite (tfssd-export-tflite), an OpenVINO .xml "
+                        "(tfssd-export-openvino) or a tfssd model directory (its best weights). "
+                        f"Default: {SAGEMAKER_MODEL_DIR} if it exists (SageMaker).")
     flags.DEFINE_enum("openvino_precision", "float32", ["float32", "bfloat16"],
                       "An OpenVINO .xml's inference precision on the CPU: float32 gives the "
                       "SavedModel's detections; bfloat16 is faster on CPUs with AMX.")
@@ -145,9 +145,10 @@ def main(argv):
     model_dir, port = model_and_port(FLAGS.model, FLAGS.port, os.environ)
     model_dir = servable(model_dir)
     from tfssd.deploy import server as serving  # TensorFlow and aiohttp, once flags are good
+    from tfssd.deploy.detector import load_detector
 
     try:
-        detector = serving.Detector(model_dir, FLAGS.openvino_precision)
+        detector = load_detector(model_dir, precision=FLAGS.openvino_precision)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise app.UsageError(f"--model: {e}") from None
     detector.warm_up()
@@ -161,8 +162,8 @@ def main(argv):
                             max_connections=FLAGS.max_connections,
                             header_timeout_s=FLAGS.header_timeout_s,
                             body_timeout_s=FLAGS.body_timeout_s)
-    logging.info("Model %s (version %d, classes: %s); %s", detector.path, detector.version,
-                 ", ".join(detector.labels) or "unnamed", limits)
+    logging.info("Model %s (%s, version %d, classes: %s); %s", detector.path, detector.kind,
+                 detector.version, ", ".join(detector.class_names) or "unnamed", limits)
     bound = limits.memory_bound()
     logging.info("Requests can hold at most %.0f MiB beside the model: %s.",
                  sum(bound.values()) / 2**20,

@@ -10,7 +10,8 @@ detection_scores float32 [B, N], detection_classes float32 [B, N] (ids from 0),
 num_detections float32 [B]. A SavedModel decodes and resizes inside its serving graph; for a
 .tflite or an OpenVINO .xml the host does it (tfssd.ops.image_ops, the same decode and bilinear
 resize); LiteRT runs once per image, since TFLite models take a fixed batch of 1, OpenVINO once
-per batch (uint8 pixels, rounded after the resize).
+per batch (uint8 pixels, rounded after the resize). tfssd-serve serves any of them through the
+same ``Detector`` (deploy/server.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tensorflow as tf
 from tfssd.deploy import openvino_export
 from tfssd.deploy import saved_model as export
 from tfssd.deploy import tflite as tflite_export
+from tfssd.deploy.contracts import SIGNATURE
 from tfssd.deploy.trained_ssd import load_trained_ssd
 from tfssd.model.run_directory import find_run_dir
 from tfssd.ops.image_ops import decode_image, resize
@@ -72,9 +74,15 @@ class Detector:
     path: str  # what was loaded (a SavedModel version, a .tflite or .xml file, a checkpoint)
     kind: str  # "saved_model", "tflite", "openvino" or "checkpoint"
     class_names: list[str]  # by class id; empty if the model has none
+    version: int = 1  # a SavedModel's numbered version directory (TF Serving's model version)
 
     def __call__(self, images) -> dict[str, np.ndarray]:
+        """images: encoded JPEG/PNG, string [B] or a list of bytes -> the serving outputs."""
         raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """One call on a small image, so that the first request does not pay for start-up."""
+        self([tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()])
 
     def detect(self, images, batch_size: int = 8) -> list[Detections]:
         """Detections of each image: file paths, encoded bytes or uint8 arrays [H, W, 3] RGB.
@@ -104,7 +112,13 @@ class SavedModelDetector(Detector):
 
     def __init__(self, path: str):
         self.path = export.latest_version(path)
-        self._serve = tf.saved_model.load(self.path).signatures["serving_default"]
+        name = os.path.basename(os.path.normpath(self.path))
+        self.version = int(name) if name.isdigit() else 1
+        signatures = tf.saved_model.load(self.path).signatures
+        if SIGNATURE not in signatures:
+            raise ValueError(f"{self.path}: no {SIGNATURE} signature (has: "
+                             f"{', '.join(sorted(signatures)) or 'none'})")
+        self._serve = signatures[SIGNATURE]
         self.class_names = export.read_labels(self.path)
 
     def __call__(self, images) -> dict[str, np.ndarray]:

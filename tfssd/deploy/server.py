@@ -12,17 +12,20 @@ What a request goes through, and what bounds it (``Limits``):
 
 1. a connection: at most ``max_connections`` at once (more are answered 503 and closed); one
    that has not sent a complete request head within ``header_timeout_s`` is closed;
-2. its body is read within ``body_timeout_s`` (else 408), at most ``max_body_bytes`` (413);
+2. its body is read into one buffer within ``body_timeout_s`` (else 408), at most
+   ``max_body_bytes`` (413 as soon as it is past them);
 3. admission: at most ``max_queue`` requests past their body at once (more: 503, Retry-After);
-   admitted, the body is parsed and every image checked (``image_check.inspect_image``, at most
-   ``max_images_per_request`` of them, else 413) on a small pool of threads;
+   admitted, the body is parsed on a small pool of threads: JSON walked, not loaded, its images
+   counted as they are met (413 at the first past ``max_images_per_request``) and decoded from
+   base64 one by one, then every image checked (``image_check.inspect_image``);
 4. the model: the images of requests that arrive together run as one batch (at most
    ``max_batch_size``; one that is not full waits at most ``batch_timeout_ms`` for more), one
    batch at a time in a thread of its own, so the event loop keeps answering;
 5. the response is encoded as JSON on the same pool, never on the event loop.
 
-``memory_bound`` computes what these limits let requests hold at once. ``GET /ping`` counts the
-batches and images run so far.
+``Limits.memory_bound`` computes what these limits let requests hold at once (tfssd-serve logs it
+at start; tests/deploy/server_memory.py pushes a server to it). ``GET /ping`` counts the open
+connections and the batches and images run so far.
 """
 
 from __future__ import annotations
@@ -32,22 +35,18 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import os
 import signal
+import socket
 
-import numpy as np
-import tensorflow as tf
 from absl import logging
 from aiohttp import web
 
-from tfssd.deploy import saved_model as export
 from tfssd.deploy.batcher import Batcher
 from tfssd.deploy.contracts import (
     INSTANCE,
     INVOCATION_TYPES,
     JSON_TYPE,
     JSONLINES_TYPES,
-    SIGNATURE,
     RequestError,
     invocation_response,
     parse_invocation,
@@ -55,13 +54,17 @@ from tfssd.deploy.contracts import (
     predict_response,
     wants_annotations,
 )
-from tfssd.deploy.detector import load_detector
+from tfssd.deploy.detector import Detector
 
 RETRY_AFTER_S = 1
 LINGERING_S = 0.5
+LISTEN_BACKLOG = 128
 PARSE_THREADS = 2  # parsing, image checks and response encoding of admitted requests
-# Bytes a request holds beyond its body, per image: the JSON of TF Serving's 200 padded rows.
-RESPONSE_BYTES_PER_IMAGE = 32_000
+# What requests hold, in bytes (the abuse suite measures the sum against the server's RSS):
+READ_SLACK = 1 / 8  # a body grows in a bytearray, which reserves up to 1/8 more
+CONNECTION_BYTES = 256 * 2**10  # aiohttp's per connection: its read buffer (2 x 64 KiB), a head
+RESPONSE_BYTES_PER_IMAGE = 2 * 32_000  # TF Serving's 200 padded rows as text, then as bytes
+RENDER_BYTES_PER_IMAGE = 160_000  # the Python lists and floats while a response is rendered
 DECODED_BYTES_PER_PIXEL = 15  # the serving graph: uint8 RGB decoded, then float32 resized
 CHECKED_BYTES_PER_PIXEL = 4  # the host's check decodes with PIL, up to RGBA
 
@@ -80,48 +83,26 @@ class Limits:
     body_timeout_s: float = 10.0  # a body received within this, or 408 and the slot is free
 
     def memory_bound(self) -> dict[str, int]:
-        """Bytes that requests can hold at once beyond the model, by what holds them."""
+        """Bytes that requests can hold at once beyond the model, by what holds them.
+
+        A connection holds its body as it arrives, then (admitted) the images parsed from it
+        instead: base64 decodes to 3/4 of its text, an image body is copied once, so never more
+        than the body. While a body is parsed (PARSE_THREADS at once) both exist, with one
+        unescaped base64 string at most. JSON is walked, not loaded (contracts.py), and the
+        images are counted as they are met, so nothing else grows with the body.
+        """
+        body, images = self.max_body_bytes, self.max_images_per_request
         return {
-            "bodies (max_connections x max_body_bytes)": self.max_connections
-            * self.max_body_bytes,
-            "decoded base64 and responses of admitted requests": self.max_queue * (
-                self.max_body_bytes * 3 // 4
-                + self.max_images_per_request * RESPONSE_BYTES_PER_IMAGE),
+            "bodies or their images (max_connections x max_body_bytes)": self.max_connections
+            * (int(body * (1 + READ_SLACK)) + CONNECTION_BYTES),
+            "parsing (a body's images and one unescaped string)": PARSE_THREADS * 2 * body,
             "image checks": PARSE_THREADS * CHECKED_BYTES_PER_PIXEL * self.max_image_pixels,
+            "responses": self.max_queue * images * RESPONSE_BYTES_PER_IMAGE
+            + PARSE_THREADS * images * RENDER_BYTES_PER_IMAGE,
+            "one batch: its encoded images": min(self.max_batch_size, self.max_queue) * body,
             "one batch decoded in the graph": self.max_batch_size * DECODED_BYTES_PER_PIXEL
             * self.max_image_pixels,
         }
-
-
-class Detector:
-    """A SavedModel's ``serving_default`` (or an OpenVINO .xml or a .tflite, through
-    tfssd.deploy.detector): encoded images -> detections as NumPy arrays."""
-
-    def __init__(self, path: str, openvino_precision: str = "float32"):
-        self._other = None
-        if path.endswith((".xml", ".tflite")):  # decoded and resized on the host
-            self._other = load_detector(path, precision=openvino_precision)
-            self.path, self.version, self.labels = path, 1, list(self._other.class_names)
-            return
-        self.path = export.latest_version(path)
-        name = os.path.basename(os.path.normpath(self.path))
-        self.version = int(name) if name.isdigit() else 1
-        self.labels = export.read_labels(self.path)
-        self._saved_model = tf.saved_model.load(self.path)
-        if SIGNATURE not in self._saved_model.signatures:
-            raise ValueError(f"{self.path}: no {SIGNATURE} signature")
-        self._signature = self._saved_model.signatures[SIGNATURE]
-
-    def __call__(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """images: encoded JPEG/PNG -> {detection_boxes [B, 200, 4] normalised yxyx, ...}."""
-        if self._other is not None:
-            return self._other(images)
-        outputs = self._signature(images=tf.constant(images, tf.string))
-        return {key: value.numpy() for key, value in outputs.items()}
-
-    def warm_up(self) -> None:
-        """One call, so that the first request does not pay for TensorFlow's start-up."""
-        self([tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8)).numpy()])
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -155,6 +136,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
         return _error(500, f"internal error: {type(e).__name__} (logged)")
 
 
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, f"request body over the limit of {limit} bytes (--max_body_bytes)")
+
+
 class _Endpoint:
     """The request handlers around one Detector."""
 
@@ -185,20 +170,22 @@ class _Endpoint:
         finally:
             self._in_flight -= 1
 
-    async def _read(self, request: web.Request) -> bytes:
+    async def _read(self, request: web.Request) -> bytearray:
+        """The body, read into one bytearray (aiohttp's ``read`` would hold it twice)."""
         limit, deadline = self._limits.max_body_bytes, self._limits.body_timeout_s
-        too_large = RequestError(413, f"request body over the limit of {limit} bytes "
-                                      "(--max_body_bytes)")
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise _too_large(limit)
+        body = bytearray()
         try:
             async with asyncio.timeout(deadline):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+                while chunk := await request.content.readany():
+                    if len(body) + len(chunk) > limit:  # a chunked body, or one past its length
+                        raise _too_large(limit)
+                    body += chunk
         except TimeoutError:
             raise RequestError(408, f"request body not received within {deadline:g} s "
                                     "(--body_timeout_s)") from None
+        return body
 
     async def _off_loop(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
@@ -294,38 +281,94 @@ _BUSY_RESPONSE = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON_TYPE
                   f"Content-Length: {len(_BUSY)}\r\n\r\n{_BUSY}").encode()
 
 
-def _bound_connections(server: web.Server, max_connections: int) -> None:
-    """Answers 503 and closes each connection beyond ``max_connections`` at once."""
-    accept = server.connection_made
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking socket listening on ``host:port`` (IPv4 first where a name has both)."""
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    family, _, _, _, address = min(addresses, key=lambda a: a[0] != socket.AF_INET)
+    sock = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
-    def refuse(transport) -> None:
-        if not transport.is_closing():
-            transport.write(_BUSY_RESPONSE)
-            transport.close()
 
-    def connection_made(handler, transport) -> None:
-        accept(handler, transport)
-        if len(server.connections) > max_connections:
-            # Once aiohttp's handler has started (it is scheduled after this returns).
-            loop = asyncio.get_running_loop()
-            loop.call_soon(loop.call_soon, refuse, transport)
+class _Listener:
+    """Accepts connections for aiohttp's low-level server, at most ``max_connections`` open at
+    once; each one beyond is answered 503 and closed at once.
 
-    server.connection_made = connection_made
+    aiohttp has no connection limit of its own, and its ``web.Server`` is a protocol factory
+    that asyncio connects to sockets (aiohttp's documented low-level server), so the cap sits in
+    front of it: asyncio's ``sock_accept`` and ``connect_accepted_socket``, and the count of the
+    transports handed over that are still open. (asyncio's ``create_server`` accepts a burst of
+    connections before any is connected, which would let a burst past a count.)
+    """
+
+    def __init__(self, sock: socket.socket, server: web.Server, max_connections: int):
+        self._sock, self._server, self._max = sock, server, max_connections
+        self._transports: set[asyncio.BaseTransport] = set()
+        self._task: asyncio.Task | None = None
+
+    def open_connections(self) -> int:
+        self._transports = {t for t in self._transports if not t.is_closing()}
+        return len(self._transports)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sock.close()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(self._sock)
+            except OSError as e:  # out of file descriptors, a connection reset while queued
+                logging.warning("accepting a connection failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            if self.open_connections() >= self._max:
+                _refuse(client)
+                continue
+            try:
+                transport, _ = await loop.connect_accepted_socket(self._server, client)
+            except OSError:
+                client.close()
+                continue
+            self._transports.add(transport)
+
+
+def _refuse(client: socket.socket) -> None:
+    """Answers 503 and closes (a few hundred bytes: a new socket's buffer takes them at once)."""
+    try:
+        client.setblocking(False)
+        client.send(_BUSY_RESPONSE)
+        client.shutdown(socket.SHUT_WR)
+        client.recv(65536)  # what the client sent already, so that closing does not reset
+    except OSError:
+        pass
+    finally:
+        client.close()
 
 
 async def _serve(app: web.Application, host: str, port: int, announce: str,
                  limits: Limits) -> None:
     # keepalive_timeout also closes a connection idle before its first request head is complete
-    # (aiohttp arms it when the connection opens): the deadline for headers.
+    # (aiohttp >= 3.14.4 arms it when the connection opens): the deadline for headers.
     # lingering_time: after refusing a body (408, 413), aiohttp reads what still arrives for so
     # long before it closes; a stalled client would hold its connection for that time.
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.header_timeout_s,
                            lingering_time=LINGERING_S, handle_signals=False)
     await runner.setup()
-    _bound_connections(runner.server, limits.max_connections)
-    app[ENDPOINT].open_connections = lambda: len(runner.server.connections)
+    listener = None
     try:
-        await web.TCPSite(runner, host, port).start()
+        listener = _Listener(_listening_socket(host, port), runner.server,
+                             limits.max_connections)
+        app[ENDPOINT].open_connections = listener.open_connections
+        listener.start()
         logging.info("%s: http://%s:%d", announce, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -334,6 +377,8 @@ async def _serve(app: web.Application, host: str, port: int, announce: str,
         await stop.wait()
         logging.info("Stopping.")
     finally:
+        if listener:
+            await listener.stop()
         await runner.cleanup()
 
 
