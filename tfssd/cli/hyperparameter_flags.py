@@ -1,4 +1,5 @@
-"""tfssd-train's flags: one per row of SageMaker's table and of tfssd's own options.
+"""tfssd-train's flags: one per row of SageMaker's table and of tfssd's own options, and
+``--metric_lines``, which chooses the command's output rather than the run.
 
 SageMaker's hyperparameters are string flags, parsed as SageMaker's algorithm parses them
 (config/hyperparameters.py); tfssd's options get absl's types (config/options.py). What the
@@ -32,6 +33,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flags.DEFINE_enum(o.name, o.default, list(o.choices), o.help, flag_values=flag_values)
         else:
             _DEFINE[o.kind](o.name, o.default, o.help, flag_values=flag_values)
+    flags.DEFINE_bool(
+        "metric_lines", None,
+        "Write SageMaker's metric lines (#quality_metric, #throughput_metric, #progress_metric: "
+        "what its metric definitions parse) among the log lines. Default: inside a SageMaker "
+        "container only; --nometric_lines leaves them out there too.", flag_values=flag_values)
 
 
 def given_values(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:

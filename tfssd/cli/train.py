@@ -4,44 +4,44 @@ r"""Trains an SSD detector from SageMaker Object Detection hyperparameters.
       --train=data/train-* --validation=data/val-* [--flagfile=flags/ssd300_vgg16_voc.flags]
 
 (or python -m tfssd.cli.train). A thin user of ``tfssd.train`` (tfssd/api.py): hyperparameters
-are validated before TensorFlow is imported, so a bad value fails in a moment.
+are validated before TensorFlow is imported, so a bad value fails in a moment. On a terminal it
+shows a progress bar per epoch and a summary line with validation mAP at each epoch's end;
+through a pipe, one plain line per progress report; SageMaker's metric lines inside a SageMaker
+container or with --metric_lines; absl's full log with --log_dir.
 """
 
-import logging as python_logging
 import os
 import sys
 
 from absl import app, flags, logging
 
 from tfssd.cli import hyperparameter_flags
-from tfssd.cli.command_runner import fail, run_command
+from tfssd.cli.command_runner import fail, quiet_tensorflow, run_command
 
 FLAGS = flags.FLAGS
-
-
-class _OwnInfoOnly(python_logging.Filter):
-    """Lets through tfssd's INFO lines and everyone's warnings and errors.
-
-    TensorFlow modules log through absl too (a line per checkpoint shard, the whole server
-    configuration of a cluster), which would drown the progress lines.
-    """
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        return record.levelno > python_logging.INFO or f"{os.sep}tfssd{os.sep}" in record.pathname
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     from tfssd import api  # light: TensorFlow comes once the values are known to be good
+    from tfssd.config import sagemaker_container
     from tfssd.config.hyperparameters import HyperparameterError
+
+    try:
+        if not sagemaker_container.in_container():  # a job's values come with its channels
+            hyperparameter_flags.resolve(FLAGS)
+    except HyperparameterError as e:
+        raise app.UsageError("\n  ".join(f"--{error}" for error in e.errors)) from None
+    quiet_tensorflow()
+    from tfssd.training import reporting
     from tfssd.training.stop_signal import EXIT_CODE, Preempted
 
     try:
-        api.train(**hyperparameter_flags.given_values(FLAGS))
+        with reporting.terminal_output(metric_lines=FLAGS.metric_lines):
+            api.train(**hyperparameter_flags.given_values(FLAGS))
     except HyperparameterError as e:
-        raise app.UsageError(str(e)) from None
+        raise app.UsageError("\n  ".join(f"--{error}" for error in e.errors)) from None
     except Preempted as e:  # not a failure: the next run resumes
         logging.warning("%s", e)
         _exit_now(EXIT_CODE)
@@ -56,6 +56,8 @@ def _exit_now(code: int) -> None:
     wait in TensorFlow's input threads on SageMaker's next pipe, which would hold the
     interpreter's teardown, and so the job, until SIGKILL.
     """
+    import logging as python_logging
+
     python_logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -78,7 +80,7 @@ def _fail_cleanly(error: Exception) -> None:
 
 
 def run() -> None:
-    run_command(hyperparameter_flags.define_flags, main)
+    run_command(hyperparameter_flags.define_flags, main, tensorflow=False)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class Controller:
         while step < cfg.total_steps:
             self.runner.run_step()
             step += 1
+            self.reporter.step(step)
             epoch_end = step % cfg.steps_per_epoch == 0
             checkpoint_due = bool(cfg.checkpoint_every_steps
                                   and step % cfg.checkpoint_every_steps == 0)
@@ -86,6 +87,7 @@ class Controller:
                 self.runner.join()
                 if self._end_epoch(step // cfg.steps_per_epoch, step, early):
                     return step, True
+                window_start = time.time()  # the next report's speed is of training alone
             elif checkpoint_due:
                 self.checkpoints.save(step)
             self.stop.after_step(step, self._save_for_stop)
@@ -110,7 +112,9 @@ class Controller:
         """Validation of epoch ``epoch`` (ending at ``step``, whose checkpoint is written) and the
         early-stopping rule; True when training stops. A SIGTERM meanwhile raises Preempted."""
         if not self.evaluate:
+            self.reporter.end_epoch(epoch)
             return False
+        self.reporter.validating(epoch)
         try:
             with self.stop.interruptible():
                 result, images = self.evaluate()

@@ -1,4 +1,15 @@
-"""What a run reports: log lines, SageMaker's metric lines and TensorBoard summaries.
+"""What a run reports: lines for people, SageMaker's metric lines and TensorBoard summaries.
+
+Lines for people: every line goes through absl's log (``--verbosity``/``-v``, and a log file
+with absl's own prefixes under ``--log_dir``). tfssd-train shows them on stderr without those
+prefixes (``terminal_output``): on a terminal, a live progress bar per epoch that a compact
+summary line with validation mAP replaces at the epoch's end; elsewhere (a pipe, a file), one
+plain line per progress report, greppable and without carriage returns. Warnings and errors
+start with ``warning:`` and ``error:``.
+
+Lines for parsers: SageMaker's metric definitions read the ``#quality_metric``-style lines of
+sagemaker_metrics.py from a job's log; they are written inside a SageMaker job (a container, or
+``in_sagemaker_job``) or where asked (tfssd-train's ``--metric_lines``), and nowhere else.
 
 Only the chief reports; other workers write to no-op summary writers and log nothing but their
 final weights digest.
@@ -6,22 +17,31 @@ final weights digest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import logging as python_logging
 import os
+import sys
 from collections.abc import Mapping
+from typing import TextIO
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
+from absl import flags, logging
+from tqdm import tqdm
 
+from tfssd.config import sagemaker_container
 from tfssd.config.run_config import Config
 from tfssd.evaluation import report
 from tfssd.evaluation.validation import SUMMARY_IMAGES
 from tfssd.evaluation.voc_ap import EvaluationResult
 from tfssd.training import sagemaker_metrics
 from tfssd.training.distribution import Cluster
+
+SHOWN_LIVE = "tfssd_shown_live"  # on a log record: a progress line that a live bar shows instead
+PROGRAM = "tfssd-train"  # the name of the log file under --log_dir
 
 
 def format_duration(seconds: float) -> str:
@@ -37,8 +57,154 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+# -- where the lines go: the process's terminal output -------------------------------------------
+
+@dataclasses.dataclass
+class _Terminal:
+    """This process's output for people and parsers (one per process: its stderr)."""
+
+    stream: TextIO | None = None  # lines for people go here; None: absl's handler as it is
+    live: bool = False  # ``stream`` is a terminal: a progress bar per epoch, redrawn in place
+    metric_lines: bool | None = None  # None: inside a SageMaker job only
+    sagemaker_jobs: int = 0  # in_sagemaker_job blocks entered
+    bar: tqdm | None = None
+
+    def wants_metric_lines(self) -> bool:
+        if self.metric_lines is not None:
+            return self.metric_lines
+        return bool(self.sagemaker_jobs) or sagemaker_container.in_container()
+
+    def write(self, text: str) -> None:
+        if self.live:
+            tqdm.write(text, file=self.stream)  # above the bar, which is drawn again below
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def show_progress(self, description: str, done: int, total: int, status: str) -> None:
+        """The live bar: ``done`` of ``total`` steps, then ``status`` (loss, rate, ETA)."""
+        if self.bar is not None and self.bar.desc != description:
+            self.end_progress()
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=done, desc=description, file=self.stream,
+                            leave=False, dynamic_ncols=True, mininterval=0.2,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                       "{n_fmt}/{total_fmt} steps{postfix}")
+        self.bar.n = done
+        if status is not None:
+            self.bar.set_postfix_str(status, refresh=False)
+        self.bar.refresh()
+
+    def end_progress(self) -> None:
+        """Takes the bar off the screen (a summary line replaces it)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+_terminal = _Terminal()
+
+
+class _OwnInfoOnly(python_logging.Filter):
+    """tfssd's INFO lines and everyone's warnings and errors.
+
+    TensorFlow's modules log through absl too (a line per checkpoint shard, the whole server
+    configuration of a cluster), which would drown the progress lines.
+    """
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return (record.levelno > python_logging.INFO
+                or f"{os.sep}tfssd{os.sep}" in record.pathname)
+
+
+class _LinesForPeople(python_logging.Handler):
+    """absl's records as lines for people: the message alone, warnings and errors prefixed.
+
+    Progress lines that the live bar shows are left out (absl's log file still has them).
+    """
+
+    def __init__(self, terminal: _Terminal):
+        super().__init__()
+        self.terminal = terminal
+        self.setFormatter(python_logging.Formatter("%(message)s"))
+        self.addFilter(_OwnInfoOnly())
+        self.addFilter(lambda record: not (terminal.live and getattr(record, SHOWN_LIVE, False)))
+
+    def emit(self, record: python_logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= python_logging.ERROR:
+                text = "error: " + text
+            elif record.levelno >= python_logging.WARNING:
+                text = "warning: " + text
+            self.terminal.write(text)
+        except Exception:  # noqa: BLE001 -- logging's own rule: never raise from a handler
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def terminal_output(metric_lines: bool | None = None, stream: TextIO | None = None):
+    """tfssd-train's output within the block: lines for people on ``stream`` (stderr).
+
+    Without absl's prefixes; on a terminal a live bar per epoch; warnings and errors prefixed.
+    absl's ``--log_dir`` gets its full log with prefixes, ``--logtostderr`` or
+    ``--alsologtostderr`` keep absl's own lines on stderr (then no bar). ``metric_lines``:
+    SageMaker's metric lines too (True), never (False), inside a SageMaker job only (None).
+    The bar is taken off the screen when the block ends, however it ends.
+    """
+    stream = stream or sys.stderr
+    _terminal.metric_lines = metric_lines
+    handler = logging.get_absl_handler()
+    absl_on_stderr = flags.FLAGS.is_parsed() and (flags.FLAGS["logtostderr"].value
+                                                  or flags.FLAGS["alsologtostderr"].value)
+    people = None
+    if not absl_on_stderr and _terminal.stream is None:
+        log_dir = flags.FLAGS["log_dir"].value if flags.FLAGS.is_parsed() else ""
+        handler.addFilter(_OwnInfoOnly())
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            handler.use_absl_log_file(PROGRAM, log_dir)  # and only FATAL on stderr
+        else:  # absl's handler stays (it aborts on FATAL) and writes nowhere
+            handler.python_handler.setStream(open(os.devnull, "w", encoding="utf-8"))
+        _terminal.stream = stream
+        _terminal.live = stream.isatty()
+        people = _LinesForPeople(_terminal)
+        python_logging.getLogger().addHandler(people)
+    try:
+        yield
+    finally:
+        _terminal.end_progress()
+
+
+@contextlib.contextmanager
+def in_sagemaker_job():
+    """Within: a SageMaker job's run, whose metric lines its definitions read (unless the user
+    turned them off), whichever environment the job's files were found by."""
+    _terminal.sagemaker_jobs += 1
+    try:
+        yield
+    finally:
+        _terminal.sagemaker_jobs -= 1
+
+
+# -- what a run reports ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _EpochFigures:
+    """The progress reports of one epoch, summed for its summary line."""
+
+    epoch: int  # from 1
+    losses: int = 0  # steps with losses (loss scaling's skipped steps have none)
+    cross_entropy: float = 0.0
+    smooth_l1: float = 0.0
+    images: int = 0
+    seconds: float = 0.0
+    learning_rate: float | None = None
+    status: str | None = None  # the live bar's text after the steps count
+
+
 class Reporter:
-    """Progress, validation and the run's settings, to the log and to TensorBoard."""
+    """Progress, validation and the run's settings: lines for people and parsers, TensorBoard."""
 
     def __init__(self, config: Config, cluster: Cluster, directory: str,
                  class_names: list[str], learning_rate):
@@ -46,13 +212,22 @@ class Reporter:
         self.cluster = cluster
         self.class_names = class_names
         self._learning_rate = learning_rate  # () -> the rate of the last step run
+        self.metric_lines = cluster.is_chief and _terminal.wants_metric_lines()
+        self._live = cluster.is_chief and _terminal.live
+        self._epoch: _EpochFigures | None = None
         writer = tf.summary.create_file_writer if cluster.is_chief else (
             lambda _: tf.summary.create_noop_writer())
         self.train_writer = writer(os.path.join(directory, "train"))
         self.val_writer = writer(os.path.join(directory, "validation"))
 
-    def log(self, line: str) -> None:
+    def log(self, line: str, shown_live: bool = False) -> None:
+        """A line for people (the chief's); ``shown_live``: a live bar shows it instead."""
         if self.cluster.is_chief:
+            logging.info(line, extra={SHOWN_LIVE: shown_live})
+
+    def metric(self, line: str) -> None:
+        """A line for SageMaker's metric definitions, where they are read."""
+        if self.metric_lines:
             logging.info(line)
 
     def hyperparameters(self) -> None:
@@ -67,6 +242,24 @@ class Reporter:
             tf.summary.text("hyperparameters", "| name | value |\n|---|---|\n" + "\n".join(rows),
                             step=0)
 
+    def _epoch_of(self, step: int) -> tuple[_EpochFigures, int]:
+        """The figures of the epoch that ``step`` (from 1) belongs to, and its step in it."""
+        epoch, batch = divmod(step - 1, self.config.train.steps_per_epoch)
+        if self._epoch is None or self._epoch.epoch != epoch + 1:
+            self._epoch = _EpochFigures(epoch + 1)
+        return self._epoch, batch + 1
+
+    def step(self, step: int) -> None:
+        """Step ``step`` (from 1) has run: the live bar counts it (nothing elsewhere)."""
+        if self._live:
+            figures, done = self._epoch_of(step)
+            self._show(figures, done)
+
+    def _show(self, figures: _EpochFigures, done: int) -> None:
+        cfg = self.config.train
+        _terminal.show_progress(f"epoch {figures.epoch}/{cfg.epochs}", done, cfg.steps_per_epoch,
+                                figures.status)
+
     def progress(self, step: int, losses: list[tuple[float, float]], seconds: float,
                  run_rate: float, skipped: int = 0) -> None:
         """The mean losses of the steps since the last report, their speed and the ETA.
@@ -74,7 +267,9 @@ class Reporter:
         ``skipped``: steps loss scaling skipped meanwhile (not in ``losses``).
         """
         cfg, host = self.config.train, self.cluster.host
-        epoch, batch = divmod(step - 1, cfg.steps_per_epoch)
+        figures, done = self._epoch_of(step)
+        figures.images += (len(losses) + skipped) * cfg.global_batch_size
+        figures.seconds += seconds
         if skipped:
             self.log(f"step {step}: {skipped} step(s) skipped since the last report: non-finite "
                      "gradients under loss scaling (the scale was lowered)")
@@ -82,19 +277,27 @@ class Reporter:
                 tf.summary.scalar("skipped_steps", skipped)
         if not losses:
             return
+        epoch, batch = figures.epoch - 1, done - 1
         images_per_s = (len(losses) + skipped) * cfg.global_batch_size / max(seconds, 1e-9)
         mean_cls = sum(c for c, _ in losses) / len(losses)
         mean_box = sum(b for _, b in losses) / len(losses)
-        learning_rate = float(self._learning_rate())
-        eta = (cfg.total_steps - step) / max(run_rate, 1e-9)
+        figures.losses += len(losses)
+        figures.cross_entropy += sum(c for c, _ in losses)
+        figures.smooth_l1 += sum(b for _, b in losses)
+        learning_rate = figures.learning_rate = float(self._learning_rate())
+        eta = format_duration((cfg.total_steps - step) / max(run_rate, 1e-9))
+        figures.status = (f"loss {mean_cls + mean_box:.4f}, lr {learning_rate:.3g}, "
+                          f"{images_per_s:.2f} images/s, ETA {eta}")
+        if self._live:
+            self._show(figures, done)
         self.log(f"epoch {epoch + 1}/{cfg.epochs} step {batch + 1}/{cfg.steps_per_epoch} "
                  f"loss {mean_cls + mean_box:.4f} (cross_entropy {mean_cls:.4f}, "
                  f"smooth_l1 {mean_box:.4f}) lr {learning_rate:.3g} "
-                 f"{images_per_s:.2f} images/s ETA {format_duration(eta)}")
-        self.log(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy", mean_cls))
-        self.log(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
-        self.log(sagemaker_metrics.throughput(host, images_per_s))
-        self.log(sagemaker_metrics.progress(host, 100.0 * step / cfg.total_steps))
+                 f"{images_per_s:.2f} images/s ETA {eta}", shown_live=True)
+        self.metric(sagemaker_metrics.train_loss(host, epoch, batch, "cross_entropy", mean_cls))
+        self.metric(sagemaker_metrics.train_loss(host, epoch, batch, "smooth_l1", mean_box))
+        self.metric(sagemaker_metrics.throughput(host, images_per_s))
+        self.metric(sagemaker_metrics.progress(host, 100.0 * step / cfg.total_steps))
         with self.train_writer.as_default(step=step):
             tf.summary.scalar("loss/total", mean_cls + mean_box)
             tf.summary.scalar("loss/cross_entropy", mean_cls)
@@ -102,15 +305,51 @@ class Reporter:
             tf.summary.scalar("learning_rate", learning_rate)
             tf.summary.scalar("throughput_images_per_second", images_per_s)
 
+    def validating(self, epoch: int) -> None:
+        """Validation of ``epoch`` begins: the live bar says so until its summary line."""
+        figures = self._epoch
+        if self._live and figures is not None and figures.epoch == epoch:
+            figures.status = ", ".join(filter(None, (figures.status, "validating")))
+            self._show(figures, self.config.train.steps_per_epoch)
+
+    def epoch_summary(self, epoch: int, mean_ap: float | None = None) -> str:
+        """The line that ends epoch ``epoch`` (from 1): its training time, mean loss, last rate
+        and speed over the steps this process ran of it, and its validation mAP when validated.
+        """
+        figures = self._epoch if self._epoch and self._epoch.epoch == epoch else None
+        parts = []
+        if figures and figures.losses:
+            mean_loss = (figures.cross_entropy + figures.smooth_l1) / figures.losses
+            parts.append(f"loss {mean_loss:.4f}")
+        if figures and figures.learning_rate is not None:
+            parts.append(f"lr {figures.learning_rate:.3g}")
+        if figures and figures.seconds > 0:
+            parts.append(f"{figures.images / figures.seconds:.2f} images/s")
+        if mean_ap is not None:
+            parts.append(f"validation mAP {mean_ap:.4f}")
+        took = f" ({format_duration(figures.seconds)})" if figures and figures.seconds else ""
+        return f"epoch {epoch}/{self.config.train.epochs}{took}: " + ", ".join(parts)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` ended without validation: its summary line replaces the bar."""
+        if self.cluster.is_chief:
+            _terminal.end_progress()
+        self.log(self.epoch_summary(epoch))
+
     def validation(self, result: EvaluationResult, images: Mapping[str, np.ndarray],
                    epoch: int, step: int) -> None:
-        """The metric lines and summaries of one validation; ``images``: name -> uint8
-        [N, H, W, 3] (drawn detections, PR curves, confusion matrix)."""
-        self.log(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1, result.mean_ap))
-        self.log(f"validation after epoch {epoch}: " + result.format(self.class_names))
+        """The summary line of epoch ``epoch`` with its validation mAP and AP by class, the
+        metric line and summaries; ``images``: name -> uint8 [N, H, W, 3] (drawn detections,
+        PR curves, confusion matrix)."""
+        if self.cluster.is_chief:
+            _terminal.end_progress()
+        by_class = result.format(self.class_names).splitlines()[1:]  # after its "mAP" line
+        self.log("\n".join([self.epoch_summary(epoch, result.mean_ap), *by_class]))
         if result.extra_metrics:
             self.log(f"validation after epoch {epoch}: " + "  ".join(
                 f"{name} {value:.4f}" for name, value in result.extra_metrics.items()))
+        self.metric(sagemaker_metrics.validation_map(self.cluster.host, epoch - 1,
+                                                     result.mean_ap))
         with self.val_writer.as_default(step=step):
             tf.summary.scalar("mAP", result.mean_ap)
             for name, value in result.extra_metrics.items():
@@ -140,8 +379,8 @@ class Reporter:
         mean_ap = early.best if evaluated is None else evaluated
         self.log(f"validation mAP of the exported model (the weights of epoch "
                  f"{early.best_epoch}): {mean_ap:.4f} ({how}).")
-        self.log(sagemaker_metrics.validation_map(self.cluster.host, early.best_epoch - 1,
-                                                  mean_ap))
+        self.metric(sagemaker_metrics.validation_map(self.cluster.host, early.best_epoch - 1,
+                                                     mean_ap))
 
     def evaluation_report(self, validator, epoch: int) -> None:
         """The report of ``validator``'s last evaluation (evaluation/plots.py: PR and F1 curves,

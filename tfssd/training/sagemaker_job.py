@@ -90,10 +90,11 @@ def _run(given: Mapping[str, Any], environ: Mapping[str, str]):
     errors = check_options(values, options)
     if errors:
         raise HyperparameterError(errors)
-    from tfssd.training import launch
+    from tfssd.training import launch, reporting
 
     try:
-        result = launch.run(values, options, export_on_stop=True)
+        with reporting.in_sagemaker_job():  # its metric lines, however its files were found
+            result = launch.run(values, options, export_on_stop=True)
     except stop_signal.Preempted as stopped:  # a stopped or timed-out job keeps /opt/ml/model
         if stopped.export_path:
             keep_weights_with_model(options["model_dir"], options["export_dir"])
