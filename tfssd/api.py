@@ -13,16 +13,18 @@ is imported only once the arguments are known to be good.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from tfssd.config import factory
 from tfssd.config.input_files import expand_files
+from tfssd.evaluation import model_evaluation
+from tfssd.evaluation.model_evaluation import EvaluationDataError as EvaluationDataError
+from tfssd.evaluation.model_evaluation import EvaluationReport
 from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
 
-EVALUATION_METRICS = ("voc", "coco")
+EVALUATION_METRICS = model_evaluation.METRICS
 
 
 def train(**values: Any):
@@ -112,22 +114,6 @@ def convert(format: str, output: str, *, class_names: Sequence[str] | None = Non
     return summary
 
 
-class EvaluationDataError(ValueError):
-    """A validation record the model or the pipeline cannot take; the message names it."""
-
-
-@dataclasses.dataclass
-class EvaluationReport:
-    """What ``evaluate`` measured."""
-
-    model_path: str
-    num_images: int
-    class_names: list[str]
-    voc: Any = None  # tfssd.evaluation.voc_ap.EvaluationResult (mean_ap, per-class AP)
-    coco: Any = None  # tfssd.evaluation.coco_ap's result (AP@[.5:.95], AP50, AP75, by size)
-    figures: Any = None  # with report_dir: tfssd.evaluation.report.ReportFigures
-
-
 def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
              metrics: Sequence[str] = ("voc",), overlap_threshold: float = 0.5,
              ap_method: str = "11point", label_width: int = 350, batch_size: int = 16,
@@ -135,7 +121,8 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
              num_threads: int | None = None, report_dir: str | os.PathLike | None = None,
              image_shape: int | None = None,
              openvino_precision: str = "float32") -> EvaluationReport:
-    """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images.
+    """VOC mAP (and COCO AP) of a trained model on TFRecords, as a deployment sees the images
+    (tfssd/evaluation/model_evaluation.py).
 
     Args:
       model: what ``load`` takes.
@@ -148,66 +135,33 @@ def evaluate(model: str | os.PathLike, validation: str | Sequence[str], *,
         model's where it says (a .tflite, a model directory), else 300.
       The rest: as tfssd-evaluate's flags of the same names.
 
+    Returns:
+      The ``EvaluationReport`` (model_path, num_images, class_names, voc, coco, figures).
+
     Raises:
       ValueError: a bad argument (named); EvaluationDataError: a record that cannot be used;
       FileNotFoundError, ImportError: the model cannot be loaded.
     """
-    if not 0 < overlap_threshold <= 1:
-        raise ValueError(f"overlap_threshold={overlap_threshold}: expected (0, 1]")
-    unknown = [m for m in metrics if m not in EVALUATION_METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics={','.join(metrics)}: expected one or more of "
-                         f"{', '.join(EVALUATION_METRICS)}")
+    model_evaluation.check_settings(metrics, overlap_threshold)
     patterns = [validation] if isinstance(validation, (str, os.PathLike)) else list(validation)
     patterns = [os.fspath(p) for p in patterns]
     files = expand_files(patterns)
     if not files:
         raise ValueError(f"validation={','.join(patterns)}: no file matches")
-    import tensorflow as tf
+    return model_evaluation.evaluate_model(
+        files, lambda: load(model, num_threads, openvino_precision), _data_error_message,
+        metrics=metrics, overlap_threshold=overlap_threshold, ap_method=ap_method,
+        label_width=label_width, batch_size=batch_size, input_format=input_format,
+        skip_corrupt_records=skip_corrupt_records,
+        report_dir=None if report_dir is None else os.fspath(report_dir), image_shape=image_shape)
 
-    from tfssd.data import pipeline, schema
-    from tfssd.evaluation.coco_ap import COCOEvaluator
-    from tfssd.evaluation.validation import evaluate_batches
-    from tfssd.evaluation.voc_ap import DetectionEvaluator
-    from tfssd.ops.image_check import inspect_image
+
+def _data_error_message(error, files: tuple[str, ...], input_format: str) -> str:
+    """What a bad record is called in training's messages, or the TensorFlow error's cause."""
     from tfssd.training import errors
 
-    resolved_format = schema.resolve_format(files, input_format)  # ValueError names the file
-    detector = load(model, num_threads, openvino_precision)
-    class_names = detector.class_names
-    dataset = pipeline.build_eval_dataset(files, image_size=None, label_width=label_width,
-                                          batch_size=batch_size, input_format=resolved_format,
-                                          skip_corrupt_records=skip_corrupt_records)
-    evaluator = DetectionEvaluator(len(class_names), overlap_threshold, ap_method)
-    coco = COCOEvaluator(len(class_names)) if "coco" in metrics else None
-    filenames: list[str] = []
-
-    def on_batch(batch, detections):
-        names = [name.decode(errors="replace") for name in batch["filename"].numpy()]
-        filenames.extend(names)
-        if coco:  # COCO's object sizes are in pixels: each image's size, from its header
-            sizes = [inspect_image(data, name, max_pixels=0, decode=False)
-                     for data, name in zip(batch["image_bytes"].numpy(), names)]
-            coco.add_batch(detections, batch, [(info.height, info.width) for info in sizes])
-
-    try:
-        result = evaluate_batches(dataset, lambda batch: detector(batch["image_bytes"]),
-                                  evaluator, on_batch)
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-        known = errors.data_error(e, files, resolved_format)
-        raise EvaluationDataError(str(known if known is not e else errors.cause(e))) from None
-    figures = None
-    if report_dir is not None:
-        from tfssd.evaluation import plots
-
-        side = image_shape or getattr(detector, "image_size", None) or 300
-        figures = plots.write_report(
-            evaluator, os.fspath(report_dir), list(class_names), side,
-            plots.records_reader(files, resolved_format, filenames), filenames)
-    return EvaluationReport(model_path=detector.path, num_images=evaluator.num_images,
-                            class_names=list(class_names),
-                            voc=result if "voc" in metrics else None,
-                            coco=coco.result() if coco else None, figures=figures)
+    known = errors.data_error(error, files, input_format)
+    return str(known if known is not error else errors.cause(error))
 
 
 def import_sagemaker(model: str | os.PathLike, output: str | os.PathLike, *,
