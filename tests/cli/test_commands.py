@@ -38,7 +38,7 @@ def trained(shapes_voc, tmp_path_factory):
                  "--mini_batch_size=4", "--epochs=2", "--use_pretrained_model=0",
                  "--width_multiplier=0.0625", f"--train={work}/data/train-*",
                  f"--validation={work}/data/val-*", f"--model_dir={model_dir}",
-                 "--log_every_steps=1", "--seed=1")
+                 "--log_every_steps=1", "--seed=1", "--metric_lines")  # not by default on a pipe
     return {"work": work, "model_dir": model_dir, "log": result.stdout + result.stderr}
 
 

@@ -37,16 +37,16 @@ def main(argv):
     from tfssd.training import reporting
     from tfssd.training.stop_signal import EXIT_CODE, Preempted
 
-    try:
-        with reporting.terminal_output(metric_lines=FLAGS.metric_lines):
+    with reporting.terminal_output(metric_lines=FLAGS.metric_lines):
+        try:
             api.train(**hyperparameter_flags.given_values(FLAGS))
-    except HyperparameterError as e:
-        raise app.UsageError("\n  ".join(f"--{error}" for error in e.errors)) from None
-    except Preempted as e:  # not a failure: the next run resumes
-        logging.warning("%s", e)
-        _exit_now(EXIT_CODE)
-    except Exception as e:  # the run's own failures are one line; others reach run_command
-        _fail_cleanly(e)
+        except HyperparameterError as e:
+            raise app.UsageError("\n  ".join(f"--{error}" for error in e.errors)) from None
+        except Preempted as e:  # not a failure: the next run resumes
+            logging.warning("%s", e)
+            _exit_now(EXIT_CODE)
+        except Exception as e:  # the run's own failures are one line; others reach run_command
+            _fail_cleanly(e)
 
 
 def _exit_now(code: int) -> None:

@@ -150,30 +150,45 @@ def terminal_output(metric_lines: bool | None = None, stream: TextIO | None = No
     absl's ``--log_dir`` gets its full log with prefixes, ``--logtostderr`` or
     ``--alsologtostderr`` keep absl's own lines on stderr (then no bar). ``metric_lines``:
     SageMaker's metric lines too (True), never (False), inside a SageMaker job only (None).
-    The bar is taken off the screen when the block ends, however it ends.
+    When the block ends, however it ends, the bar is taken off the screen and absl's handler
+    writes where it wrote before.
     """
     stream = stream or sys.stderr
+    parsed = flags.FLAGS.is_parsed()
+    absl_on_stderr = parsed and (flags.FLAGS["logtostderr"].value
+                                 or flags.FLAGS["alsologtostderr"].value)
+    previous = dataclasses.replace(_terminal)
     _terminal.metric_lines = metric_lines
-    handler = logging.get_absl_handler()
-    absl_on_stderr = flags.FLAGS.is_parsed() and (flags.FLAGS["logtostderr"].value
-                                                  or flags.FLAGS["alsologtostderr"].value)
-    people = None
-    if not absl_on_stderr and _terminal.stream is None:
-        log_dir = flags.FLAGS["log_dir"].value if flags.FLAGS.is_parsed() else ""
-        handler.addFilter(_OwnInfoOnly())
-        if log_dir:
-            os.makedirs(log_dir, exist_ok=True)
-            handler.use_absl_log_file(PROGRAM, log_dir)  # and only FATAL on stderr
-        else:  # absl's handler stays (it aborts on FATAL) and writes nowhere
-            handler.python_handler.setStream(open(os.devnull, "w", encoding="utf-8"))
-        _terminal.stream = stream
-        _terminal.live = stream.isatty()
-        people = _LinesForPeople(_terminal)
-        python_logging.getLogger().addHandler(people)
+    if absl_on_stderr or _terminal.stream is not None:  # absl's lines, or already set up
+        try:
+            yield
+        finally:
+            _terminal.metric_lines = previous.metric_lines
+        return
+    absl_handler = logging.get_absl_handler().python_handler
+    own_info = _OwnInfoOnly()
+    absl_handler.addFilter(own_info)
+    log_dir = flags.FLAGS["log_dir"].value if parsed else ""
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        absl_stream = absl_handler.stream
+        absl_handler.use_absl_log_file(PROGRAM, log_dir)  # and only FATAL on stderr
+    else:  # absl's handler stays (it aborts on FATAL) and writes nowhere
+        absl_stream = absl_handler.setStream(open(os.devnull, "w", encoding="utf-8"))
+    _terminal.stream, _terminal.live = stream, stream.isatty()
+    people = _LinesForPeople(_terminal)
+    python_logging.getLogger().addHandler(people)
     try:
         yield
     finally:
         _terminal.end_progress()
+        python_logging.getLogger().removeHandler(people)
+        absl_handler.removeFilter(own_info)
+        ours = absl_handler.setStream(absl_stream)  # the log file, or os.devnull
+        if ours is not None:
+            ours.close()
+        _terminal.stream, _terminal.live = None, False
+        _terminal.metric_lines = previous.metric_lines
 
 
 @contextlib.contextmanager
