@@ -21,6 +21,7 @@ by the next export).
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import shutil
@@ -30,7 +31,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfssd.config.run_config import BEST_DIR
 from tfssd.model.postprocess import detect
 from tfssd.ops.image_check import DEFAULT_MAX_PIXELS
 from tfssd.ops.image_ops import decode_image_within, resize
@@ -192,17 +192,16 @@ def _export_error(export_base: str, final: str, model: keras.Model,
 
 
 def current_export(export_base: str, model_dir: str) -> str | None:
-    """The newest export under ``export_base`` when it is newer than every checkpoint of
-    ``model_dir`` (it holds the run's final weights), else None (an export that failed or
-    never ran after the last checkpoint: the run exports again)."""
+    """The newest export under ``export_base`` when it was written after the newest checkpoint
+    of ``model_dir`` (it holds the run's final weights), else None: an export failed or never
+    ran after the last training step, and the run exports again."""
     try:
         path = latest_version(export_base)
     except FileNotFoundError:
         return None
     exported = os.path.getmtime(os.path.join(path, "saved_model.pb"))
-    states = [os.path.join(model_dir, "checkpoint"), os.path.join(model_dir, BEST_DIR,
-                                                                   "checkpoint")]
-    if any(os.path.isfile(s) and os.path.getmtime(s) > exported for s in states):
+    indexes = glob.glob(os.path.join(glob.escape(model_dir), "*.index"))
+    if any(os.path.getmtime(index) > exported for index in indexes):
         return None
     return path
 
