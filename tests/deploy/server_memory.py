@@ -100,7 +100,14 @@ def scenarios(limits: dict) -> list[Scenario]:
     lines = lambda image: "".join(_instance(image) + "\n" for _ in range(count)).encode()
     tiny = json.dumps({"b64": "AA=="})
     tiny_count = (max_body - 20) // (len(tiny) + 2)
-    out = [
+    out = [  # those refused first: nothing has reached the model yet
+        Scenario("413: JSON of tiny images past the image limit", "/invocations",
+                 "application/json",
+                 ('{"instances": [' + ", ".join([tiny] * tiny_count) + "]}").encode(), (413,)),
+        Scenario("413: JSON Lines of tiny images past the image limit", "/invocations",
+                 "application/jsonlines", (tiny + "\n").encode() * tiny_count, (413,)),
+        Scenario("413: a byte past the body limit", "/invocations", "image/png",
+                 b"\x89PNG" + b"\0" * (max_body - 3), (413,)),
         Scenario("image body, the body limit full", "/invocations", "image/png",
                  _noise_png_within(max_body, max_pixels), (200,)),
         Scenario("image body, the pixel limit full", "/invocations", "image/png", flat, (200,)),
@@ -113,13 +120,6 @@ def scenarios(limits: dict) -> list[Scenario]:
         Scenario("TF Serving rows, the image limit", "/v1/models/ssd:predict",
                  "application/json", b'{"instances": ' + instances(_noise_png(64)) + b"}",
                  (200,)),
-        Scenario("413: JSON of tiny images past the image limit", "/invocations",
-                 "application/json",
-                 ('{"instances": [' + ", ".join([tiny] * tiny_count) + "]}").encode(), (413,)),
-        Scenario("413: JSON Lines of tiny images past the image limit", "/invocations",
-                 "application/jsonlines", (tiny + "\n").encode() * tiny_count, (413,)),
-        Scenario("413: a byte past the body limit", "/invocations", "image/png",
-                 b"\x89PNG" + b"\0" * (max_body - 3), (413,)),
     ]
     for scenario in out:
         if scenario.statuses == (200,):
@@ -199,12 +199,18 @@ def _send(port: int, scenario: Scenario, rounds: int, start: threading.Barrier,
             time.sleep(0.01)
 
 
-def push(port: int, pid: int, scenario: Scenario, clients: int, rounds: int,
-         baseline_kib: int) -> tuple[int, list]:
-    """``clients`` clients send ``scenario`` ``rounds`` times each, all starting together.
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """What one scenario did to the server."""
+    over_baseline: int  # bytes: its peak RSS less its RSS once warmed up
+    over_start: int  # bytes: its peak RSS less its RSS when the scenario began
+    statuses: list  # the statuses answered (an exception's name where none was)
 
-    Returns: (bytes by which the server's peak RSS meanwhile exceeded ``baseline_kib``, its RSS
-    once warmed up; the statuses answered)."""
+
+def push(port: int, pid: int, scenario: Scenario, clients: int, rounds: int,
+         baseline_kib: int) -> Pushed:
+    """``clients`` clients send ``scenario`` ``rounds`` times each, all starting together;
+    ``baseline_kib`` is the server's RSS once warmed up."""
     statuses: list = []
     start = threading.Barrier(clients)
     threads = [threading.Thread(target=_send, args=(port, scenario, rounds, start, statuses),
@@ -214,7 +220,8 @@ def push(port: int, pid: int, scenario: Scenario, clients: int, rounds: int,
             thread.start()
         for thread in threads:
             thread.join(timeout=CLIENT_TIMEOUT_S * rounds + 30)
-    return (peak.peak_kib - baseline_kib) * 1024, statuses
+    return Pushed((peak.peak_kib - baseline_kib) * 1024, (peak.peak_kib - peak.start_kib) * 1024,
+                  statuses)
 
 
 def warm_up(port: int) -> None:
@@ -268,14 +275,18 @@ def main(argv: list[str]) -> int:
             print(f"preset {preset}: {limits}")
             print(f"bound: {sum(bound.values()) / 2**20:.0f} MiB = " + "; ".join(
                 f"{what} {size / 2**20:.0f}" for what, size in bound.items()))
-            print(f"{'scenario':<52} {'body MB':>8} {'grew MiB':>9} {'bound MiB':>9}  statuses")
+            print("peak RSS over the warmed-up server's, and over the RSS at the scenario's "
+                  "start (MiB):")
+            print(f"{'scenario':<52} {'body MB':>8} {'peak':>6} {'(start)':>7} {'bound':>6}"
+                  "  statuses")
             for scenario in scenarios(limits):
-                grown, statuses = push(port, server.pid, scenario,
-                                       clients or limits["max_connections"], rounds, baseline)
-                counts = {s: statuses.count(s) for s in sorted(set(statuses), key=str)}
+                pushed = push(port, server.pid, scenario, clients or limits["max_connections"],
+                              rounds, baseline)
+                counts = {s: pushed.statuses.count(s)
+                          for s in sorted(set(pushed.statuses), key=str)}
                 print(f"{scenario.name:<52} {len(scenario.body) / 1e6:>8.2f} "
-                      f"{grown / 2**20:>9.0f} {sum(bound.values()) / 2**20:>9.0f}  {counts}",
-                      flush=True)
+                      f"{pushed.over_baseline / 2**20:>6.0f} {pushed.over_start / 2**20:>7.0f} "
+                      f"{sum(bound.values()) / 2**20:>6.0f}  {counts}", flush=True)
             print(f"server RSS: {baseline / 1024:.0f} MiB warmed up, "
                   f"{_status_kib(server.pid, 'VmRSS') / 1024:.0f} MiB at the end")
         finally:
