@@ -11,6 +11,7 @@ checkpoint the state file does not name yet (found on disk), or a cut file, whic
 truncation test makes on purpose.
 """
 
+import json
 import os
 import re
 import shlex
@@ -171,3 +172,47 @@ def test_an_export_on_a_full_disk_keeps_the_previous_export(
     assert int(_read(out / "third.rc")) == 0, third[-3000:]
     assert f"Exported the final weights to {exports}/2 " in third, third[-3000:]
     assert sorted(os.listdir(out / "after_rerun")) == ["1", "2"]
+
+
+_KEEP_WEIGHTS = """
+import json, os, sys
+import tensorflow as tf
+from tfssd.training import sagemaker_job
+from tfssd.training.errors import TrainingError
+model_dir, export_dir = sys.argv[1:]
+best = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(tf.ones([64 * 1024]))),
+                                  os.path.join(model_dir, "best"), max_to_keep=1)
+with open(os.path.join(model_dir, "tfssd_run.json"), "w") as f:
+    f.write("{}")
+best.save(checkpoint_number=1)  # 256 KiB: fits
+sagemaker_job.keep_weights_with_model(model_dir, export_dir)
+best._checkpoint.v = tf.Variable(tf.ones([512 * 1024]))  # 2 MiB: does not
+best.save(checkpoint_number=2)
+try:
+    sagemaker_job.keep_weights_with_model(model_dir, export_dir)
+    print(json.dumps({"error": None}))
+except TrainingError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_keeping_the_weights_with_the_model_keeps_the_earlier_copy(
+        namespaces_work, tmp_path):
+    """SageMaker: the best weights copied beside the export (model.tar.gz) on a 1 MiB disk."""
+    model_dir, model, out = tmp_path / "run", tmp_path / "model", tmp_path / "out"
+    for folder in (model_dir, model, out):
+        folder.mkdir()
+    result = _in_namespace(
+        _mount(model, "1m")
+        + shlex.join([sys.executable, "-c", _KEEP_WEIGHTS, str(model_dir), str(model)])
+        + f" > {out}/result.json\n"
+        + f"cp -a {model} {out}/model\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    error = json.loads(_read(out / "result.json"))["error"]
+    assert error and error.startswith(f"Cannot copy the weights into {model}/checkpoints for "
+                                      "model.tar.gz: No space left on device"), error
+    kept = out / "model" / "checkpoints" / "best"
+    assert tf.train.latest_checkpoint(str(kept)) == str(kept / "ckpt-1")
+    assert checkpoint_problem(str(kept / "ckpt-1")) is None
+    assert not [n for n in os.listdir(kept) if n.endswith(".incomplete")]

@@ -233,25 +233,57 @@ def _import_sagemaker_model(source: str, work_dir: str, base_network: str) -> tu
 
 
 def keep_weights_with_model(model_dir: str, export_dir: str) -> None:
-    """Copies the run file and best weights into ``export_dir/checkpoints`` (model.tar.gz), where
-    ``--init_from`` and the ``model`` channel of a later job find them."""
+    """Copies the run file and best weights (else the newest intact checkpoint) into
+    ``export_dir/checkpoints`` (model.tar.gz), where ``--init_from`` and the ``model`` channel
+    of a later job find them.
+
+    Each file goes in under a temporary name and is renamed, the checkpoint's state file last,
+    so that a full disk or a kill meanwhile leaves the earlier copy usable.
+    """
     target = os.path.join(export_dir, "checkpoints")
     if os.path.abspath(model_dir) == os.path.abspath(target):
         return
-    os.makedirs(target, exist_ok=True)
-    shutil.copy2(os.path.join(model_dir, RUN_FILE), target)
-    best = os.path.join(model_dir, BEST_DIR)
-    if os.path.isdir(best):
-        shutil.copytree(best, os.path.join(target, BEST_DIR), dirs_exist_ok=True)
-        return
+    from tfssd.model.run_directory import newest_intact_checkpoint
+    from tfssd.training.errors import TrainingError
+
+    try:
+        os.makedirs(target, exist_ok=True)
+        _copy_file(os.path.join(model_dir, RUN_FILE), target)
+        best = newest_intact_checkpoint(os.path.join(model_dir, BEST_DIR))
+        if best:
+            _copy_checkpoint(best, os.path.join(target, BEST_DIR))
+        elif latest := newest_intact_checkpoint(model_dir):
+            _copy_checkpoint(latest, target)
+    except OSError as e:
+        free = shutil.disk_usage(export_dir).free / 2**20
+        raise TrainingError(f"Cannot copy the weights into {target} for model.tar.gz: "
+                            f"{e.strerror or e} ({free:.1f} MiB free); the export and any "
+                            "earlier copy there are intact") from None
+
+
+def _copy_file(path: str, folder: str) -> None:
+    """Copies ``path`` into ``folder`` under its name, which appears only once whole."""
+    target = os.path.join(folder, os.path.basename(path))
+    try:
+        shutil.copy2(path, target + ".incomplete")
+        os.replace(target + ".incomplete", target)
+    finally:
+        if os.path.exists(target + ".incomplete"):
+            os.remove(target + ".incomplete")
+
+
+def _copy_checkpoint(prefix: str, folder: str) -> None:
+    """Copies checkpoint ``prefix`` into ``folder`` as its only checkpoint, the state file
+    naming it written once its files are whole, the older ones removed after."""
     import tensorflow as tf
 
-    latest = tf.train.latest_checkpoint(model_dir)
-    if latest:
-        prefix = os.path.basename(latest)
-        for name in os.listdir(model_dir):
-            if name.startswith(prefix + "."):
-                shutil.copy2(os.path.join(model_dir, name), target)
-        with open(os.path.join(target, "checkpoint"), "w", encoding="utf-8") as f:
-            f.write(f'model_checkpoint_path: "{prefix}"\n'
-                    f'all_model_checkpoint_paths: "{prefix}"\n')
+    from tfssd.model.run_directory import checkpoint_files
+
+    os.makedirs(folder, exist_ok=True)
+    name = os.path.basename(prefix)
+    for path in checkpoint_files(prefix):
+        _copy_file(path, folder)
+    tf.compat.v1.train.update_checkpoint_state(folder, name, [name])
+    for stale in os.listdir(folder):
+        if stale.startswith("ckpt-") and not stale.startswith(name + "."):
+            os.remove(os.path.join(folder, stale))
