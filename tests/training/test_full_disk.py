@@ -216,3 +216,76 @@ def test_a_full_disk_while_keeping_the_weights_with_the_model_keeps_the_earlier_
     assert tf.train.latest_checkpoint(str(kept)) == str(kept / "ckpt-1")
     assert checkpoint_problem(str(kept / "ckpt-1")) is None
     assert not [n for n in os.listdir(kept) if n.endswith(".incomplete")]
+
+
+def _small_checkpoints(directory):
+    """Checkpoints of a one-layer network with its SGD momentum, and the run state."""
+    import keras
+
+    from tfssd.training import state
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    optimizer = keras.optimizers.SGD(momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    run_state = state.RunState(tf.distribute.get_strategy())
+    return state.Checkpoints(model, optimizer, run_state, str(directory), 3), run_state
+
+
+def test_what_a_killed_save_leaves_is_cleaned_and_a_whole_unrecorded_checkpoint_used(
+        tmp_path, absl_lines):
+    """A kill during a save leaves TensorFlow's ckpt-N_temp folder, or a merged checkpoint that
+    the state file does not name yet (killed before CheckpointManager recorded it)."""
+    from tfssd.training import state
+
+    checkpoints, run_state = _small_checkpoints(tmp_path)
+    run_state.global_step.assign(1)
+    checkpoints.save(1)
+    run_state.global_step.assign(2)
+    checkpoints.checkpoint.write(str(tmp_path / "ckpt-2"))  # merged, never recorded
+    (tmp_path / "ckpt-3_temp").mkdir()
+    (tmp_path / "ckpt-3_temp" / "part-00000-of-00001.data-00000-of-00001.tempstate1").write_bytes(
+        b"\0" * 1000)
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-1")
+
+    assert state.newest_intact_checkpoint(str(tmp_path), repair=True) == str(tmp_path / "ckpt-2")
+    assert not (tmp_path / "ckpt-3_temp").exists()
+    assert any("ckpt-3_temp" in line and "did not finish" in line for line in absl_lines)
+    recorded = tf.train.get_checkpoint_state(str(tmp_path))
+    assert recorded.model_checkpoint_path == str(tmp_path / "ckpt-2")
+    assert list(recorded.all_model_checkpoint_paths) == [str(tmp_path / "ckpt-1"),
+                                                          str(tmp_path / "ckpt-2")]
+
+
+def test_a_broken_best_checkpoint_is_taken_from_the_checkpoint_of_its_step(tmp_path, absl_lines):
+    checkpoints, run_state = _small_checkpoints(tmp_path)
+    checkpoints.model.layers[0].kernel.assign(tf.fill([4, 3], 0.5))
+    run_state.global_step.assign(2)
+    checkpoints.save(2)
+    checkpoints.save_best(2)
+    best_data = tmp_path / "best" / "ckpt-2.data-00000-of-00001"
+    with open(best_data, "r+b") as f:
+        f.truncate(os.path.getsize(best_data) - 8)
+
+    checkpoints, _ = _small_checkpoints(tmp_path)
+    assert checkpoints.best == str(tmp_path / "best" / "ckpt-2")
+    assert checkpoint_problem(checkpoints.best) is None
+    assert any(f"taken from {tmp_path}/ckpt-2" in line for line in absl_lines), absl_lines
+    checkpoints.load_weights(checkpoints.best)
+    assert float(checkpoints.model.layers[0].kernel[0, 0]) == 0.5
+
+
+def test_lost_best_weights_restart_the_early_stopping_record(tmp_path, absl_lines):
+    checkpoints, run_state = _small_checkpoints(tmp_path)
+    run_state.global_step.assign(2)
+    run_state.best_map.assign(0.7)
+    run_state.best_epoch.assign(1)
+    checkpoints.save_best(2)
+    checkpoints.save(4)  # the checkpoint of step 2 is gone (max_to_keep)
+    (tmp_path / "best" / "ckpt-2.index").unlink()
+
+    checkpoints, run_state = _small_checkpoints(tmp_path)
+    assert checkpoints.best is None
+    checkpoints.resume(str(tmp_path / "ckpt-4"))
+    assert int(run_state.global_step.numpy()) == 2
+    assert float(run_state.best_map.numpy()) == -1.0 and int(run_state.best_epoch.numpy()) == 0
+    assert any("best weights (ckpt-2) are lost" in line for line in absl_lines), absl_lines

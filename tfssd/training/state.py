@@ -22,9 +22,14 @@ import tensorflow as tf
 from absl import logging
 
 from tfssd.config.run_config import BEST_DIR, RUN_FILE, EarlyStoppingConfig, ModelConfig
-from tfssd.model.run_directory import (best_checkpoint, checkpoint_bytes, checkpoint_files,
-                                       checkpoint_problem, find_run_dir,
-                                       newest_intact_checkpoint)
+from tfssd.model.run_directory import (
+    best_checkpoint,
+    checkpoint_bytes,
+    checkpoint_files,
+    checkpoint_problem,
+    find_run_dir,
+    newest_intact_checkpoint,
+)
 from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
 
