@@ -504,3 +504,61 @@ def test_model_and_port_from_the_sagemaker_container(tmp_path):
         serve.model_and_port(None, None, {}, str(tmp_path / "absent"))
     with pytest.raises(app.UsageError, match="SAGEMAKER_BIND_TO_PORT='http'"):
         serve.model_and_port("m", None, {"SAGEMAKER_BIND_TO_PORT": "http"}, str(tmp_path))
+
+
+def _parse(content_type: str, body: bytes, max_images: int = 4):
+    """parse_invocation's images, or the RequestError's (status, message)."""
+    try:
+        return serving_formats.parse_invocation(content_type, body, 10**6, max_images)[1]
+    except serving_formats.RequestError as e:
+        return e.status, e.message
+
+
+def test_json_bodies_are_counted_as_walked_never_loaded():
+    """413 at the first image past the limit, before the rest is parsed: garbage after it, or
+    a body cut short there, still gets 413, not 400; JSON Lines are counted before any line is
+    parsed. What json.loads would build for other members is checked but not built, bounded."""
+    png = _flat_png(20, 10)
+    instance = json.dumps({"b64": _b64(png)})
+    five = "[" + ", ".join([instance] * 5)
+    for body in (five + ", garbage", five):
+        status, message = _parse("application/json", ('{"instances": ' + body).encode())
+        assert status == 413 and "over 4 images" in message and "--max_images_per_request" in (
+            message)
+    lines = (instance + "\n") * 5 + "{not json\n"
+    assert _parse("application/jsonlines", lines.encode())[0] == 413
+    assert _parse("application/jsonlines", ((instance + "\n") * 2 + "{oops\n").encode()) == (
+        400, "line 3: malformed JSON (expected a string at byte "
+             f"{2 * len(instance) + 3})")
+    many = '{"parameters": [' + ", ".join(["{}"] * 10_001) + '], "instances": []}'
+    status, message = _parse("application/json", many.encode())
+    assert status == 400 and "more than 10000 JSON values" in message
+    deep = '{"x": ' + "[" * 40 + "]" * 40 + ', "instances": [' + instance + "]}"
+    assert _parse("application/json", deep.encode()) == (
+        400, "request body: JSON nested too deeply (over 32 levels)")
+
+
+def test_json_bodies_walked_as_json_loads_reads_them():
+    """Escapes in base64 (\\/, MIME line breaks \\n, \\u0041), members the server does not read
+    (Vertex AI's "parameters"), TF Serving's named form, duplicate keys (the last counts),
+    a bytearray body: each gives the image json.loads would."""
+    png = _flat_png(20, 10)
+    text = _b64(png)
+    escaped = json.dumps({"instances": [{"b64": text[:8] + "\n" + text[8:]}]}).replace(
+        "/", "\\/").replace("A", "\\u0041")
+    assert "\\u0041" in escaped and "\\n" in escaped
+    for body in (escaped,
+                 json.dumps({"parameters": {"k": [1, 2.5e3, None, True, "s"]},
+                             "instances": [{"b64": text}]}),
+                 json.dumps({"instances": [{"images": {"b64": text}}]}),
+                 '{"instances": [{"b64": "AA=="}], "instances": [{"b64": "' + text + '"}]}'):
+        assert _parse("application/json", body.encode()) == [("instances[0]", png)], body[:80]
+        assert _parse("application/json", bytearray(body.encode())) == [("instances[0]", png)]
+    assert _parse("application/json", b'{"instances": [{"b64": "' + text.encode()
+                  + b'", "b64": 1}]}')[0] == 400  # the last "b64" is not a string
+    lines = ("\n" + json.dumps({"b64": text}) + "\r\n\n  " + json.dumps({"b64": text})).encode()
+    assert _parse("application/jsonlines", lines) == [("line 2", png), ("line 4", png)]
+    for bad in (b'{"instances": [{"b64": "AA=="}]} trailing', b'{"instances": [{"b64": "AA=',
+                b'{"instances": [{"b64": "AA=="},]}'):
+        status, message = _parse("application/json", bad)
+        assert status == 400 and message.startswith("request body: malformed JSON"), message
