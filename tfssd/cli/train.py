@@ -37,7 +37,8 @@ def main(argv):
     from tfssd.training import reporting
     from tfssd.training.stop_signal import EXIT_CODE, Preempted
 
-    with reporting.terminal_output(metric_lines=FLAGS.metric_lines):
+    with reporting.terminal_output(FLAGS.metric_lines, FLAGS.log_dir or None,
+                                   absl_on_stderr=FLAGS.logtostderr or FLAGS.alsologtostderr):
         try:
             api.train(**hyperparameter_flags.given_values(FLAGS))
         except HyperparameterError as e:

@@ -1,10 +1,9 @@
 """What a run reports: lines for people, SageMaker's metric lines and TensorBoard summaries.
 
-Lines for people: every line goes through absl's log (``--verbosity``/``-v``, and a log file
-with absl's own prefixes under ``--log_dir``). tfssd-train shows them on stderr without those
-prefixes (``terminal_output``): on a terminal, a live progress bar per epoch that a compact
-summary line with validation mAP replaces at the epoch's end; elsewhere (a pipe, a file), one
-plain line per progress report, greppable and without carriage returns. Warnings and errors
+Lines for people go through absl's log (``--verbosity``/``-v``; absl's own file under
+``--log_dir``). tfssd-train shows them without absl's prefixes (``terminal_output``): on a
+terminal, a live bar per epoch that a summary line with validation mAP replaces at its end;
+elsewhere, one plain line per progress report, without carriage returns. Warnings and errors
 start with ``warning:`` and ``error:``.
 
 Lines for parsers: SageMaker's metric definitions read the ``#quality_metric``-style lines of
@@ -29,7 +28,7 @@ from typing import TextIO
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+from absl import logging
 from tqdm import tqdm
 
 from tfssd.config import sagemaker_container
@@ -57,8 +56,6 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-# -- where the lines go: the process's terminal output -------------------------------------------
-
 @dataclasses.dataclass
 class _Terminal:
     """This process's output for people and parsers (one per process: its stderr)."""
@@ -81,7 +78,7 @@ class _Terminal:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def show_progress(self, description: str, done: int, total: int, status: str) -> None:
+    def show_progress(self, description: str, done: int, total: int, status: str | None):
         """The live bar: ``done`` of ``total`` steps, then ``status`` (loss, rate, ETA)."""
         if self.bar is not None and self.bar.desc != description:
             self.end_progress()
@@ -91,8 +88,7 @@ class _Terminal:
                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
                                        "{n_fmt}/{total_fmt} steps{postfix}")
         self.bar.n = done
-        if status is not None:
-            self.bar.set_postfix_str(status, refresh=False)
+        self.bar.set_postfix_str(status or "", refresh=False)
         self.bar.refresh()
 
     def end_progress(self) -> None:
@@ -105,16 +101,10 @@ class _Terminal:
 _terminal = _Terminal()
 
 
-class _OwnInfoOnly(python_logging.Filter):
-    """tfssd's INFO lines and everyone's warnings and errors.
-
-    TensorFlow's modules log through absl too (a line per checkpoint shard, the whole server
-    configuration of a cluster), which would drown the progress lines.
-    """
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        return (record.levelno > python_logging.INFO
-                or f"{os.sep}tfssd{os.sep}" in record.pathname)
+def _own_info_only(record: python_logging.LogRecord) -> bool:
+    """tfssd's INFO lines and everyone's warnings and errors: TensorFlow's modules log through
+    absl too (a line per checkpoint shard, a cluster's whole server configuration)."""
+    return record.levelno > python_logging.INFO or f"{os.sep}tfssd{os.sep}" in record.pathname
 
 
 class _LinesForPeople(python_logging.Handler):
@@ -127,48 +117,43 @@ class _LinesForPeople(python_logging.Handler):
         super().__init__()
         self.terminal = terminal
         self.setFormatter(python_logging.Formatter("%(message)s"))
-        self.addFilter(_OwnInfoOnly())
+        self.addFilter(_own_info_only)
         self.addFilter(lambda record: not (terminal.live and getattr(record, SHOWN_LIVE, False)))
 
     def emit(self, record: python_logging.LogRecord) -> None:
         try:
-            text = self.format(record)
-            if record.levelno >= python_logging.ERROR:
-                text = "error: " + text
-            elif record.levelno >= python_logging.WARNING:
-                text = "warning: " + text
-            self.terminal.write(text)
+            level = record.levelno
+            prefix = ("error: " if level >= python_logging.ERROR else
+                      "warning: " if level >= python_logging.WARNING else "")
+            self.terminal.write(prefix + self.format(record))
         except Exception:  # noqa: BLE001 -- logging's own rule: never raise from a handler
             self.handleError(record)
 
 
 @contextlib.contextmanager
-def terminal_output(metric_lines: bool | None = None, stream: TextIO | None = None):
+def terminal_output(metric_lines: bool | None = None, log_dir: str | None = None,
+                    absl_on_stderr: bool = False, stream: TextIO | None = None):
     """tfssd-train's output within the block: lines for people on ``stream`` (stderr).
 
     Without absl's prefixes; on a terminal a live bar per epoch; warnings and errors prefixed.
-    absl's ``--log_dir`` gets its full log with prefixes, ``--logtostderr`` or
-    ``--alsologtostderr`` keep absl's own lines on stderr (then no bar). ``metric_lines``:
-    SageMaker's metric lines too (True), never (False), inside a SageMaker job only (None).
-    When the block ends, however it ends, the bar is taken off the screen and absl's handler
-    writes where it wrote before.
+    ``log_dir`` (absl's ``--log_dir``) gets absl's full log with its prefixes;
+    ``absl_on_stderr`` (``--logtostderr``, ``--alsologtostderr``) keeps absl's own lines on
+    stderr instead (then no bar). ``metric_lines``: SageMaker's metric lines too (True), never
+    (False), inside a SageMaker job only (None). When the block ends, however it ends, the bar
+    is taken off the screen and absl's handler writes where it wrote before.
     """
     stream = stream or sys.stderr
-    parsed = flags.FLAGS.is_parsed()
-    absl_on_stderr = parsed and (flags.FLAGS["logtostderr"].value
-                                 or flags.FLAGS["alsologtostderr"].value)
     previous = dataclasses.replace(_terminal)
     _terminal.metric_lines = metric_lines
+    absl_handler = logging.get_absl_handler().python_handler
+    absl_handler.addFilter(_own_info_only)
     if absl_on_stderr or _terminal.stream is not None:  # absl's lines, or already set up
         try:
             yield
         finally:
+            absl_handler.removeFilter(_own_info_only)
             _terminal.metric_lines = previous.metric_lines
         return
-    absl_handler = logging.get_absl_handler().python_handler
-    own_info = _OwnInfoOnly()
-    absl_handler.addFilter(own_info)
-    log_dir = flags.FLAGS["log_dir"].value if parsed else ""
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
         absl_stream = absl_handler.stream
@@ -183,7 +168,7 @@ def terminal_output(metric_lines: bool | None = None, stream: TextIO | None = No
     finally:
         _terminal.end_progress()
         python_logging.getLogger().removeHandler(people)
-        absl_handler.removeFilter(own_info)
+        absl_handler.removeFilter(_own_info_only)
         ours = absl_handler.setStream(absl_stream)  # the log file, or os.devnull
         if ours is not None:
             ours.close()
@@ -201,8 +186,6 @@ def in_sagemaker_job():
     finally:
         _terminal.sagemaker_jobs -= 1
 
-
-# -- what a run reports ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class _EpochFigures:

@@ -2,7 +2,8 @@
 
 SageMaker's Object Detection algorithm defines its metrics (train:progress, train:cross_entropy,
 train:smooth_l1, train:throughput, validation:mAP) by the regular expressions in METRIC_REGEXES;
-each function here writes the line one of them reads.
+each function here writes the line one of them reads. reporting.py decides where they go: into
+the log of a SageMaker job, or where tfssd-train's --metric_lines asks for them.
 """
 
 METRIC_REGEXES = {
