@@ -268,3 +268,19 @@ def test_json_through_a_pipe_closed_early_stops_quietly(model):
         process.kill()
     assert code == BROKEN_PIPE_EXIT, stderr[-3000:]
     assert "Traceback" not in stderr and "unexpected error" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_images_that_would_overwrite_each_others_files_are_refused(shapes_voc, tmp_path):
+    image = sorted(glob.glob(os.path.join(shapes_voc, "JPEGImages", "*.jpg")))[0]
+    other = tmp_path / "elsewhere" / os.path.basename(image)
+    other.parent.mkdir()
+    other.write_bytes(open(image, "rb").read())
+    # Refused before the model is read: the model named here does not exist.
+    result = _predict(f"--model={tmp_path / 'no_model'}", f"--json_dir={tmp_path / 'out'}",
+                      image, str(other))
+    assert result.returncode == 1
+    stem = os.path.splitext(os.path.basename(image))[0]
+    assert (f"{image} and {other} would both be written as {stem}.* in --json_dir; rename one"
+            in result.stderr), result.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "out")
