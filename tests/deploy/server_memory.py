@@ -3,14 +3,16 @@
   python -m tests.deploy.server_memory [--preset=abuse|defaults] [--rounds=2] [--clients=N]
 
 Starts ``python -m tfssd.cli.serve`` on a free 127.0.0.1 port with a small random-weight export,
-then runs one scenario after another, each from ``max_connections`` clients (or --clients) at
-once (a barrier releases them together; a client answered 503 sends again): image bodies (the largest the body limit holds, and the most pixels the
-pixel limit allows), JSON and JSON Lines bodies of ``max_images_per_request`` images filling the
-body limit, TF Serving rows of as many images, and bodies refused 413 (tiny images past the image
-limit filling the body limit, one byte past the body limit). Before each scenario the server's
-peak RSS is reset (``/proc/PID/clear_refs``, 5); after it, the peak (``VmHWM``) less the RSS at
-the reset is what the scenario grew the server by, printed beside ``Limits.memory_bound()``.
-The abuse suite (test_server_abuse.py) runs the same scenarios and asserts the bound.
+warms it up, then runs one scenario after another, each from ``max_connections`` clients (or
+--clients) at once (a barrier releases them together; a client answered 503 sends again):
+bodies refused 413 (tiny images past the image limit filling the body limit, one byte past the
+body limit), then image bodies (the largest the body limit holds, the most pixels the pixel
+limit allows), JSON and JSON Lines bodies of ``max_images_per_request`` images filling the body
+limit, a batch of the most pixels, TF Serving rows of as many images. Before each scenario the
+server's peak RSS is reset (``/proc/PID/clear_refs``, 5); after it, its peak (``VmHWM``) is
+printed less the RSS once warmed up and less the RSS at the scenario's start, beside
+``Limits.memory_bound()``. The abuse suite (test_server_abuse.py) runs the same scenarios and
+asserts the bound.
 """
 
 from __future__ import annotations

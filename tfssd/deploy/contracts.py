@@ -16,8 +16,11 @@ format, ``{"predictions": [{"detection_boxes": ..., "detection_scores": ..., "de
 ..., "num_detections": ...}, ...]}``; its columnar ``{"inputs": [...]}`` is answered
 ``{"outputs": {...}}``. ``signature_name``, if given, must be ``serving_default``.
 
-Every image is checked with ``image_check.inspect_image`` (decoded fully, formats TensorFlow
-decodes, a pixel limit) before the model sees it. No TensorFlow and no HTTP library here.
+A JSON body is walked, never loaded whole: its images are counted as they are met and
+base64-decoded one by one (see ``_JSONWalker``), so that what a body expands to is bounded by
+the limits, not by how many small objects it holds. Every image is checked with
+``image_check.inspect_image`` (decoded fully, formats TensorFlow decodes, a pixel limit) before
+the model sees it. No TensorFlow and no HTTP library here.
 """
 
 from __future__ import annotations
@@ -416,7 +419,7 @@ def parse_invocation(content_type: str, body, max_pixels: int,
     pairs).
 
     ``max_images`` (0: no limit) refuses (413) a body of more images as soon as its count
-    passes the limit, before any image is checked and before the rest of the body is read.
+    passes the limit, before any image is checked and before the rest of the body is parsed.
     """
     if content_type in IMAGE_TYPES:
         images = [("request body", bytes(body))]
