@@ -185,6 +185,11 @@ class _Endpoint:
         except TimeoutError:
             raise RequestError(408, f"request body not received within {deadline:g} s "
                                     "(--body_timeout_s)") from None
+        except (ConnectionError, RuntimeError, web.RequestPayloadError) as e:
+            # The client hung up mid-body (aiohttp: "Connection lost", "Connection closed."):
+            # nobody to answer, and no bug to log.
+            raise RequestError(400, f"request body cut off after {len(body)} bytes ({e})"
+                               ) from None
         return body
 
     async def _off_loop(self, function, *args):
