@@ -16,6 +16,11 @@ Tolerances, measured on an AVX-512 CPU (TensorFlow 2.21, oneDNN on):
   moved it by 4.5% (mixed_bfloat16: 19%). The first float32 update differs from one device's
   by 17% with 2 + 2 images, 5.9% with 2 + 3 (its norm, relative); a mean instead of a sum over
   the two replicas' gradients would be 50% off.
+* mixed_float16 starts at a loss scale of 2^6 (mirrored_case.py; keras' 2^15 overflows here,
+  and a skipped step compares no update): both steps are applied. Measured on an AMD EPYC
+  (no AVX-512 float16): the first update's size is 0.90 of one device's, its direction at
+  cosine 0.86 (half-size replica gradients lose more to float16); a mean instead of a sum, or
+  one path's gradients scaled, moves the size ratio to about 0.45.
 """
 
 import json
@@ -94,19 +99,22 @@ def test_mirrored_on_two_cpus_matches_one_device(precision, mirrored_cases):
     assert mirrored["loss_scale"] == single["loss_scale"]
     assert mirrored["optimizer_steps"] == single["optimizer_steps"]
     assert mirrored["finite"] and single["finite"]
+    # Every step applied (mixed_float16 from a loss scale that does not overflow): the
+    # optimizer moved on both, and the scale did not change.
+    assert ours[:, 2].tolist() == [0.0, 0.0] and mirrored["optimizer_steps"] == 2
     if precision == "mixed_float16":
-        # The initial scale (2^15) overflows float16 here: both steps are skipped and the scale
-        # halves twice, identically, so the second step also starts from the same weights.
-        assert ours[:, 2].tolist() == [1.0, 1.0] and mirrored["loss_scale"] == 2.0 ** 13
-        assert mirrored["optimizer_steps"] == 0
-        np.testing.assert_allclose(ours[1, :2], reference[1, :2], rtol=TOLERANCE[precision])
-    else:
-        assert ours[:, 2].tolist() == [0.0, 0.0] and mirrored["optimizer_steps"] == 2
+        assert mirrored["loss_scale"] == 2.0 ** 6
+        # The first applied update, against one device's: the same size and direction within
+        # float16's noise (see the module docstring).
+        assert 0.75 < result["update_norm_ratio"] < 1.33, result
+        assert result["update_cosine"] > 0.75, result
+        np.testing.assert_allclose(ours[1, :2], reference[1, :2], rtol=0.3)
     if precision == "float32":
         # Sanity bounds only (the network is chaotic, see the module docstring): measured 4.7%
         # on the second step's losses and 17% on the first update.
         np.testing.assert_allclose(ours[1, :2], reference[1, :2], rtol=0.25)
         assert result["update_difference"] < 0.35, result["update_difference"]
+        assert 0.8 < result["update_norm_ratio"] < 1.25, result
 
 
 @pytest.mark.slow
