@@ -129,7 +129,22 @@ def newest_intact_checkpoint(directory: str, repair: bool = False) -> str | None
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, "checkpoint"))
         else:
-            tf.compat.v1.train.update_checkpoint_state(
-                directory, os.path.basename(chosen),
-                [os.path.basename(p) for p in kept if _number(p) <= _number(chosen)])
+            write_checkpoint_state(directory, os.path.basename(chosen),
+                                   [os.path.basename(p) for p in kept])
     return chosen
+
+
+def write_checkpoint_state(directory: str, latest: str, listed: list[str]) -> None:
+    """Writes ``directory``'s state file as CheckpointManager does (text format, relative
+    names), atomically: under a temporary name, then renamed."""
+    quoted = lambda name: '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = "".join([f"model_checkpoint_path: {quoted(latest)}\n",
+                    *(f"all_model_checkpoint_paths: {quoted(n)}\n" for n in listed)])
+    path = os.path.join(directory, "checkpoint")
+    try:
+        with open(path + ".incomplete", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".incomplete", path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + ".incomplete")

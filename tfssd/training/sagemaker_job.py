@@ -275,15 +275,13 @@ def _copy_file(path: str, folder: str) -> None:
 def _copy_checkpoint(prefix: str, folder: str) -> None:
     """Copies checkpoint ``prefix`` into ``folder`` as its only checkpoint, the state file
     naming it written once its files are whole, the older ones removed after."""
-    import tensorflow as tf
-
-    from tfssd.model.run_directory import checkpoint_files
+    from tfssd.model.run_directory import checkpoint_files, write_checkpoint_state
 
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(prefix)
     for path in checkpoint_files(prefix):
         _copy_file(path, folder)
-    tf.compat.v1.train.update_checkpoint_state(folder, name, [name])
+    write_checkpoint_state(folder, name, [name])
     for stale in os.listdir(folder):
         if stale.startswith("ckpt-") and not stale.startswith(name + "."):
             os.remove(os.path.join(folder, stale))

@@ -29,6 +29,7 @@ from tfssd.model.run_directory import (
     checkpoint_problem,
     find_run_dir,
     newest_intact_checkpoint,
+    write_checkpoint_state,
 )
 from tfssd.training.early_stopping import EarlyStopping
 from tfssd.training.errors import TrainingError
@@ -304,7 +305,7 @@ def repair_best(directory: str) -> bool:
             target = os.path.join(best_dir, os.path.basename(path))
             shutil.copyfile(path, target + ".incomplete")
             os.replace(target + ".incomplete", target)
-        tf.compat.v1.train.update_checkpoint_state(best_dir, name, [name])
+        write_checkpoint_state(best_dir, name, [name])
         logging.warning("The best weights are taken from %s, the checkpoint of the same step.",
                         same_step)
         return False
