@@ -289,3 +289,17 @@ def test_lost_best_weights_restart_the_early_stopping_record(tmp_path, absl_line
     assert int(run_state.global_step.numpy()) == 2
     assert float(run_state.best_map.numpy()) == -1.0 and int(run_state.best_epoch.numpy()) == 0
     assert any("best weights (ckpt-2) are lost" in line for line in absl_lines), absl_lines
+
+
+def test_a_repair_removes_only_broken_checkpoints(tmp_path, absl_lines):
+    from tfssd.training import state
+
+    checkpoints, _ = _small_checkpoints(tmp_path)
+    checkpoints.save(1)
+    data = tmp_path / "ckpt-1.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-1])
+    (tmp_path / "notes.index").write_text("not a checkpoint")  # the user's, left alone
+
+    assert state.newest_intact_checkpoint(str(tmp_path), repair=True) is None
+    assert any(f"{tmp_path}/ckpt-1 is not intact" in line for line in absl_lines), absl_lines
+    assert sorted(os.listdir(tmp_path)) == ["notes.index"]  # and no state file naming ckpt-1

@@ -25,7 +25,8 @@ from absl import logging
 
 from tfssd.config.run_config import BEST_DIR, RUN_FILE
 
-_NUMBERED = re.compile(r"-(\d+)$")  # CheckpointManager's prefixes: ckpt-<step>
+_NUMBERED = re.compile(r"-(\d+)$")
+_MANAGED = re.compile(r"^ckpt-\d+\.index$")  # CheckpointManager's files: ckpt-<step>.index
 
 
 def find_run_dir(path: str) -> str | None:
@@ -45,8 +46,9 @@ def checkpoint_problem(prefix: str) -> str | None:
     """None when the checkpoint ``prefix`` is intact, else what is wrong with it.
 
     Reads the index, then every tensor of the data shards, whose checksums the reader checks:
-    a missing or truncated file or a changed byte is found. Measured: 0.07 s for a 200 MiB
-    checkpoint in the page cache (SSD300 VGG-16 with its optimizer state is about 210 MiB).
+    a missing or truncated file or a changed byte is found. Measured (AMD EPYC, TF 2.21):
+    SSD300 VGG-16's checkpoint with its SGD momentum, 200.6 MiB, in 0.11-0.15 s from the page
+    cache; SSD512 ResNet-50's, 238.7 MiB, in 0.10 s.
     """
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -86,8 +88,8 @@ def _candidates(directory: str) -> tuple[list[str], list[str]]:
     if state and state.model_checkpoint_path:
         latest = os.path.join(directory, os.path.basename(state.model_checkpoint_path))
         listed += [] if latest in listed else [latest]
-    on_disk = [f[:-len(".index")] for f in glob.glob(os.path.join(glob.escape(directory),
-                                                                  "*.index"))]
+    on_disk = [os.path.join(directory, n[:-len(".index")]) for n in os.listdir(directory)
+               if _MANAGED.match(n)]
     every = sorted(set(listed) | set(on_disk), key=lambda p: (_number(p), p), reverse=True)
     return every, listed
 
