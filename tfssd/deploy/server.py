@@ -24,8 +24,8 @@ What a request goes through, and what bounds it (``Limits``):
 5. the response is encoded as JSON on the same pool, never on the event loop.
 
 ``Limits.memory_bound`` computes what these limits let requests hold at once (tfssd-serve logs it
-at start; tests/deploy/server_memory.py pushes a server to it). ``GET /ping`` counts the open
-connections and the batches and images run so far.
+at start; ``python -m tests.deploy.server_memory`` pushes a server to it). ``GET /ping`` counts
+the open connections and the batches and images run so far.
 """
 
 from __future__ import annotations
