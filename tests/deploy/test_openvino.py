@@ -1,6 +1,7 @@
 """OpenVINO export: the .xml run by OpenVINO in a process without tfssd or TensorFlow gives the
-SavedModel's detections; the detector, bfloat16 and tfssd-serve's application on it; int8 and
-its mAP gate.
+SavedModel's detections; the detector, bfloat16 and tfssd-serve's application on it; int8's
+detections against float32's, and its mAP gate refusing and passing on records labelled with
+the float32 model's own detections.
 
 The model is a small SSD with random weights, its class head scaled down so that scores spread
 out (as in test_tflite.py). Skipped when openvino is not installed (pip install
@@ -11,6 +12,7 @@ import asyncio
 import glob
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -63,11 +65,43 @@ def run_openvino(model: str, images: np.ndarray, tmp_path) -> tuple[dict, dict]:
     return run_model_alone(OPENVINO_SCRIPT, model, images, tmp_path)
 
 
+GATES = {"refuse": 0.0, "accept": 0.1}  # --max_map_drop of each gate run
+
+
+def pseudo_labelled_records(saved_model: str, shapes_voc, out: str) -> str:
+    """The last 8 shapes images as TFRecords whose ground truth is the SavedModel's own
+    detections above a score cut in a gap of the scores: the float32 model scores VOC mAP 1 on
+    them (up to its host rounding), so the mAP int8 loses is measurable even with random
+    weights. Returns the records' glob."""
+    from tfssd.data import conversion
+    from tfssd.data.sources import SourceImage, SourceObject
+
+    encoded = shapes_images(shapes_voc, 32)[0][-8:]
+    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+    out_ = {k: v.numpy() for k, v in serve(images=tf.constant(encoded)).items()}
+    scores = np.sort(out_["detection_scores"][out_["detection_scores"] > 0])[::-1]
+    gaps = scores[15:120] - scores[16:121]  # a cut below the 16th to 121st score, widest
+    cut = scores[16 + int(np.argmax(gaps))] + gaps.max() / 2
+    assert gaps.max() > 1e-3, gaps.max()  # wider than the host's rounding moves a score
+    items = []
+    for b, data in enumerate(encoded):
+        keep = out_["detection_scores"][b] > cut
+        objects = [SourceObject(label=int(c), xmin=float(x0), ymin=float(y0), xmax=float(x1),
+                                ymax=float(y1))
+                   for (y0, x0, y1, x1), c in zip(out_["detection_boxes"][b][keep],
+                                                  out_["detection_classes"][b][keep])]
+        items.append(SourceImage(name=f"pseudo{b}.jpg", data=data, objects=objects,
+                                 normalized_boxes=True))
+    conversion.convert(items, os.path.join(out, "val"), class_names=CLASSES, num_shards=1)
+    return os.path.join(out, "val-*")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes_voc, shapes_tfrecords):
     """A random-weight SSD exported as a SavedModel, the float32 and int8 .xml made from it, and
-    tfssd-export-openvino asked for int8 with a gate it cannot pass (started first, so that it
-    runs beside the other tests)."""
+    tfssd-export-openvino asked for int8 twice on records labelled with the float model's own
+    detections: with a gate no int8 model passes there (no mAP lost at all) and with one it
+    passes (started first, so that they run beside the other tests)."""
     keras.utils.set_random_seed(0)
     ssd = ssd_network("vgg-16", len(CLASSES), SIZE, width_multiplier=0.0625)
     for layer in ssd.model.layers:
@@ -76,18 +110,21 @@ def exported(tmp_path_factory, shapes_voc, shapes_tfrecords):
     work = tmp_path_factory.mktemp("openvino")
     saved_model = export.export_saved_model(ssd.model, ssd.anchors, str(work / "export"),
                                             image_size=SIZE, class_names=CLASSES, **SETTINGS)
-    os.makedirs(work / "gate")
     records = shapes_tfrecords["dir"]
-    gate = None
-    if HAS_NNCF:  # its output goes to files: a full pipe would stall it until read
-        with open(work / "gate.out", "w") as stdout, open(work / "gate.err", "w") as stderr:
-            gate = subprocess.Popen(
-                [sys.executable, "-m", "tfssd.cli.export_openvino",
-                 f"--model={work / 'export'}", f"--output={work / 'gate' / 'int8.xml'}",
-                 "--quantize=int8", f"--representative={records}/train-*",
-                 f"--validation={records}/validation-*", "--calibration_images=8",
-                 "--max_map_drop=-1"], cwd=ROOT, stdout=stdout, stderr=stderr)
+    pseudo = pseudo_labelled_records(saved_model, shapes_voc, str(work / "pseudo"))
+    gates = {}
     try:
+        for name, drop in GATES.items() if HAS_NNCF else ():
+            # Output to files: a full pipe would stall it until read.
+            os.makedirs(work / name)
+            with open(work / f"{name}.out", "w") as stdout, \
+                    open(work / f"{name}.err", "w") as stderr:
+                gates[name] = subprocess.Popen(
+                    [sys.executable, "-m", "tfssd.cli.export_openvino",
+                     f"--model={work / 'export'}", f"--output={work / name / 'int8.xml'}",
+                     "--quantize=int8", f"--representative={records}/train-*",
+                     f"--validation={pseudo}", "--calibration_images=8",
+                     f"--max_map_drop={drop:g}"], cwd=ROOT, stdout=stdout, stderr=stderr)
         trained = trained_ssd.load_trained_ssd(str(work / "export"))
         models = openvino_export.build_all(
             trained, shapes_images(shapes_voc, 8)[1] if HAS_NNCF else None, 8)
@@ -95,9 +132,9 @@ def exported(tmp_path_factory, shapes_voc, shapes_tfrecords):
         int8 = HAS_NNCF and openvino_export.save(models["int8"], str(work / "int8.xml"),
                                                  CLASSES)[0]
         yield {"work": work, "saved_model": saved_model, "xml": xml, "labels": labels,
-               "int8": int8, "trained": trained, "gate": gate}
+               "int8": int8, "trained": trained, "gates": gates, "pseudo": pseudo}
     finally:
-        if gate:
+        for gate in gates.values():
             gate.kill()
             gate.wait()
 
@@ -175,8 +212,20 @@ def test_detector_bfloat16_and_the_http_server(exported, shapes_voc):
                                actual["detection_scores"][0, :len(rows)], atol=1e-6)
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two yxyx boxes."""
+    inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+             * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 @pytest.mark.slow
-def test_int8_is_smaller_and_its_gate_refuses(exported):
+def test_int8_is_smaller_and_detects_as_float32(exported, shapes_voc):
+    """The int8 model (calibrated on 8 shapes images) finds what the float32 model finds: each
+    of the float32 model's top 5 detections per image has an int8 detection of its class over
+    it with a close score. Measured on an AMD EPYC: IoU 0.53 to 0.98 (median 0.88), score
+    within 0.027 (median 0.002)."""
     if not HAS_NNCF:
         pytest.skip("int8 needs NNCF: pip install 'tfssd[openvino]'")
     ops = {op.get_type_name() for op in openvino_export._openvino().Core().read_model(
@@ -185,12 +234,62 @@ def test_int8_is_smaller_and_its_gate_refuses(exported):
     bins = [os.path.getsize(os.path.splitext(path)[0] + ".bin")
             for path in (exported["int8"], exported["xml"])]
     assert bins[0] < 0.5 * bins[1], bins  # int8 weights: about a quarter
-    exported["gate"].wait(timeout=240)
-    stdout, stderr = ((exported["work"] / name).read_text() for name in ("gate.out", "gate.err"))
-    # A drop of at most -1 VOC mAP cannot be met: the gate reports both mAPs and refuses.
-    assert exported["gate"].returncode == 1, stdout[-2000:] + stderr[-3000:]
-    assert "VOC mAP on --validation: float32" in stdout
-    assert "int8 refused" in stderr and "--max_map_drop=-1" in stderr
+
+    encoded = shapes_images(shapes_voc, 32)[0][-8:]  # not the 8 it was calibrated on
+    full = detectors.load_detector(exported["xml"])(encoded)
+    int8 = detectors.load_detector(exported["int8"])(encoded)
+    ious, score_gaps = [], []
+    for b in range(len(encoded)):
+        candidates = range(int(int8["num_detections"][b]))
+        for k in range(5):
+            box, cls = full["detection_boxes"][b, k], full["detection_classes"][b, k]
+            matches = [(_iou(box, int8["detection_boxes"][b, j]),
+                        abs(full["detection_scores"][b, k] - int8["detection_scores"][b, j]))
+                       for j in candidates if int8["detection_classes"][b, j] == cls]
+            iou, gap = max(matches, default=(0.0, 1.0))
+            assert iou > 0.45 and gap < 0.04, (b, k, iou, gap)
+            ious.append(iou)
+            score_gaps.append(gap)
+    assert np.median(ious) > 0.75 and np.median(score_gaps) < 0.006, (ious, score_gaps)
+    np.testing.assert_allclose(int8["detection_scores"][:, :5], full["detection_scores"][:, :5],
+                               atol=0.02)
+
+
+def _gate(exported, name: str) -> tuple[subprocess.Popen, str, str, tuple[float, ...]]:
+    """A gate run once finished: the process, stdout, stderr and its (float32, int8, drop)."""
+    gate = exported["gates"][name]
+    gate.wait(timeout=300)
+    stdout, stderr = ((exported["work"] / f"{name}{suffix}").read_text()
+                      for suffix in (".out", ".err"))
+    found = re.search(r"VOC mAP on --validation: float32 (\S+), int8 (\S+), drop (\S+) "
+                      rf"\(--max_map_drop={GATES[name]:g}\)", stdout)
+    assert found, stdout[-2000:] + stderr[-3000:]
+    return gate, stdout, stderr, tuple(float(v) for v in found.groups())
+
+
+@pytest.mark.slow
+def test_the_int8_gate_refuses_a_loss_past_its_limit_and_passes_one_within(exported):
+    """On records labelled with the float32 model's own detections, int8 loses some VOC mAP:
+    --max_map_drop=0 refuses it (exit 1, nothing written, staging included), 0.1 accepts and
+    writes the int8 model. The mAPs the gate prints are those of the float32 .xml and of the
+    int8 .xml it wrote, evaluated again here. Measured on an AMD EPYC: float32 1.0000, int8
+    0.9506, drop 0.0494."""
+    if not HAS_NNCF:
+        pytest.skip("int8 needs NNCF: pip install 'tfssd[openvino]'")
+    gate, stdout, stderr, (full, int8, drop) = _gate(exported, "refuse")
     print(stdout.strip().splitlines()[-1])
-    # Nothing of the refused export is left, staging included.
-    assert os.listdir(exported["work"] / "gate") == []
+    assert gate.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    assert "int8 refused" in stderr and "--max_map_drop=0" in stderr
+    assert os.listdir(exported["work"] / "refuse") == []
+    assert full > 0.9 and 0 < drop <= 0.1 and abs(drop - (full - int8)) <= 1.5e-4, stdout
+
+    gate, stdout, stderr, passed = _gate(exported, "accept")
+    assert gate.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert passed == (full, int8, drop)  # the same calibration, the same mAPs
+    written = str(exported["work"] / "accept" / "int8.xml")
+    ops = {op.get_type_name() for op in openvino_export._openvino().Core().read_model(
+        written).get_ops()}
+    assert "FakeQuantize" in ops, "the accepted gate wrote the float32 model"
+    for path, expected in ((exported["xml"], full), (written, int8)):
+        again = api.evaluate(path, exported["pseudo"]).voc.mean_ap
+        assert abs(again - expected) <= 6e-5, (path, again, expected)
