@@ -293,3 +293,32 @@ def test_the_int8_gate_refuses_a_loss_past_its_limit_and_passes_one_within(expor
     for path, expected in ((exported["xml"], full), (written, int8)):
         again = api.evaluate(path, exported["pseudo"]).voc.mean_ap
         assert abs(again - expected) <= 6e-5, (path, again, expected)
+
+
+# Loads an .xml twice, ends the two detectors in the order they were made, then sends this
+# process SIGTERM under a Python handler: python -c SIGNAL_SCRIPT MODEL
+SIGNAL_SCRIPT = """
+import gc, os, signal, sys
+import tfssd
+first = tfssd.load(sys.argv[1])
+second = tfssd.load(sys.argv[1])
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGTERM, lambda number, frame: print("SIGTERM handled"))
+os.kill(os.getpid(), signal.SIGTERM)
+print("alive")
+"""
+
+
+@pytest.mark.slow
+def test_a_process_that_ended_two_openvino_detectors_still_takes_a_signal(exported):
+    """OpenVINO's CPU plugin gives the compiling thread an alternate signal stack per Core and
+    puts back the one it found when the Core ends: with a Core per detector, ending them in the
+    order they were made left the thread on freed memory, and the next SIGTERM or Ctrl-C killed
+    the process with SIGSEGV (exit -11) instead of reaching its handler. One shared Core."""
+    result = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, exported["xml"]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.split() == ["SIGTERM", "handled", "alive"], result.stdout

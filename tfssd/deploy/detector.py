@@ -176,7 +176,7 @@ class OpenVINODetector(Detector):
 
     def __init__(self, path: str, num_threads: int | None = None, precision: str = "float32"):
         try:
-            import openvino
+            import openvino  # noqa: F401 (compiled on openvino_export.shared_core below)
         except ImportError:
             raise ImportError(OPENVINO_MISSING) from None
         if precision not in OPENVINO_PRECISIONS:
@@ -186,7 +186,7 @@ class OpenVINODetector(Detector):
         config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        self._compiled = openvino.Core().compile_model(path, "CPU", config)
+        self._compiled = openvino_export.shared_core().compile_model(path, "CPU", config)
         self._outputs = {output.get_any_name(): output for output in self._compiled.outputs}
         self.image_size = int(self._compiled.input(0).get_partial_shape()[1].get_length())
         self.class_names = openvino_export.read_labels(path)

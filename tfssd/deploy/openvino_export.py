@@ -29,6 +29,7 @@ only the network part is quantized, the NMS is appended afterwards and runs in f
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -53,6 +54,18 @@ def _openvino():
         raise ImportError("OpenVINO export needs openvino (and nncf for int8): "
                           "pip install 'tfssd[openvino]'") from None
     return openvino
+
+
+@functools.cache
+def shared_core():
+    """The process's one OpenVINO Core, kept for its lifetime; every model tfssd compiles uses it.
+
+    OpenVINO's CPU plugin (2026.4) gives the thread that compiles on a Core an alternate signal
+    stack of its own, and on the Core's end puts back the one it found. Two Cores ended in the
+    order they were made leave that thread on freed memory, and its next signal (SIGTERM,
+    Ctrl-C) kills the process with SIGSEGV. One Core for the process never ends before another.
+    """
+    return _openvino().Core()
 
 
 def network_function(ssd: TrainedSSD) -> Callable:
@@ -222,7 +235,7 @@ def read_labels(xml_path: str) -> list[str]:
 
 def read_settings(xml_path: str) -> dict:
     """The export's settings stored in the model (image size, thresholds, quantization...)."""
-    model = _openvino().Core().read_model(xml_path)
+    model = shared_core().read_model(xml_path)
     if not model.has_rt_info([RT_INFO_KEY]):
         return {}
     return json.loads(model.get_rt_info([RT_INFO_KEY]).astype(str))
