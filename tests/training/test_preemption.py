@@ -217,17 +217,19 @@ def test_sigterm_on_every_dist_sync_worker_leaves_a_checkpoint_and_the_cluster_r
     flags = ["--num_classes=3", "--use_pretrained_model=0", "--width_multiplier=0.0625",
              f"--train={shapes_tfrecords['dir']}/train-*", f"--model_dir={tmp_path / 'run'}",
              "--log_every_steps=1", "--seed=3", "--precision=float32",
-             "--num_training_samples=16", "--epochs=2", "--mini_batch_size=2"]
-    code, output = _cluster(flags, sigterm_at="epoch 1/2 step 2/4")
+             "--num_training_samples=16", "--epochs=20", "--mini_batch_size=2"]
+    # TF polls for the signal once a second and the workers stop a step later: the run must
+    # outlast that by far even on an idle machine (a step takes ~0.1 s there), so 80 steps.
+    code, output = _cluster(flags, sigterm_at="epoch 1/20 step 2/4")
     assert code == 128 + signal.SIGTERM, output[-3000:]
     saved = {int(s) for s in re.findall(r"SIGTERM: checkpoint saved at step (\d+)", output)}
     assert len(saved) == 1, output[-3000:]  # one step, agreed by both workers
     step = saved.pop()
-    assert 2 <= step < 8 and (tmp_path / "run" / f"ckpt-{step}.index").is_file()
+    assert 2 <= step < 80 and (tmp_path / "run" / f"ckpt-{step}.index").is_file()
 
     code, output = _cluster(flags)
     assert code == 0, output[-3000:]
     assert f"Resumed from {tmp_path / 'run'}/ckpt-{step} at step {step}" in output
     digests = dict(DIGEST.findall(output))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
-    assert "Done: 2 epochs (8 steps)" in output
+    assert "Done: 20 epochs (80 steps)" in output
