@@ -88,10 +88,10 @@ def test_the_export_is_float32_and_every_path_takes_it(trained_run, shapes_tfrec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trained_run", ["mixed_bfloat16"], indirect=True)
 def test_the_commands_take_a_bfloat16_runs_export(trained_run, tmp_path, shapes_voc):
     precision, result = trained_run
-    if precision != "mixed_bfloat16":
-        pytest.skip("the commands are run on the bfloat16 run's export (the others above)")
+    assert precision == "mixed_bfloat16"
     env = {**os.environ, "PYTHONPATH": ROOT}
     export_dir = os.path.dirname(result.export_path)  # RUN/export, as a user names it
     converted = subprocess.run(
