@@ -165,7 +165,7 @@ def test_evaluate_the_exported_model(trained, tmp_path):
 
     result = run("-m", "tfssd.cli.evaluate", f"--saved_model={trained['model_dir']}/export",
                  f"--validation={trained['work']}/data/val-*", f"--report={tmp_path}/report",
-                 "--image_shape=300")
+                 "--image_shape=300", "--metric_lines")
     evaluated = float(re.search(METRIC_REGEXES["validation:mAP"], result.stdout).group(1))
 
     serve = tf.saved_model.load(str(trained["model_dir"] / "export" / "1")).signatures[
@@ -235,13 +235,17 @@ def test_evaluate_takes_object_detection_api_records(trained):
     """Such records train directly; they evaluate the same, with --input_format detected."""
     work = trained["work"]
     _as_odapi(sorted(glob.glob(f"{work}/data/val-*")), f"{work}/odapi_val.tfrecord")
-    maps = []
-    for validation in (f"{work}/data/val-*", f"{work}/odapi_val.tfrecord"):
-        result = run("-m", "tfssd.cli.evaluate", f"--model={trained['model_dir']}/export",
-                     f"--validation={validation}")
-        maps.append(re.search(METRIC_REGEXES["validation:mAP"], result.stdout).group(1))
+    results = [run("-m", "tfssd.cli.evaluate", f"--model={trained['model_dir']}/export",
+                   f"--validation={validation}", *extra)
+               for validation, extra in ((f"{work}/data/val-*", ["--metric_lines"]),
+                                         (f"{work}/odapi_val.tfrecord", []))]
+    maps = [re.search(r"^mAP (\S+)$", result.stdout, re.M).group(1) for result in results]
     print("validation mAP, tfssd and OD API records:", maps)
-    assert float(maps[0]) > 0 and maps[0] == maps[1] and "8 images" in result.stdout
+    assert float(maps[0]) > 0 and maps[0] == maps[1] and "8 images" in results[1].stdout
+    # SageMaker's metric line when asked for (the same mAP), and not by default outside a job.
+    metric = float(re.search(METRIC_REGEXES["validation:mAP"], results[0].stdout).group(1))
+    assert abs(metric - float(maps[0])) <= 5e-5
+    assert "#quality_metric" not in results[1].stdout + results[1].stderr
 
 
 def _console_scripts() -> dict[str, str]:

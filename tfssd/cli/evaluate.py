@@ -5,9 +5,9 @@
 
 The model sees the encoded images as a deployment would: a SavedModel decodes and resizes them
 in its serving graph, a .tflite gets them decoded and resized on the host (tfssd.deploy.detector).
-``voc`` prints per-class AP and the mAP at --overlap_threshold (tfssd's VOC evaluation), also as
-SageMaker's validation:mAP line; ``coco`` prints COCO's AP@[.5:.95], AP50, AP75 and AP by object
-size, computed by pycocotools.
+``voc`` prints per-class AP and the mAP at --overlap_threshold (tfssd's VOC evaluation), and
+SageMaker's validation:mAP line inside a SageMaker container or with --metric_lines; ``coco``
+prints COCO's AP@[.5:.95], AP50, AP75 and AP by object size, computed by pycocotools.
 
 --report=DIR also writes a report a person can act on into DIR (tfssd.evaluation.plots):
 per-class precision-recall and F1-against-threshold curves with the threshold that maximises F1
@@ -54,6 +54,9 @@ def define_flags() -> None:
                         "directory.")
     flags.DEFINE_integer("image_shape", None, "--report: the network's input side, for object "
                          "sizes; default: the model's (a .tflite or model directory), else 300.")
+    flags.DEFINE_bool("metric_lines", None,
+                      "voc: also print SageMaker's validation:mAP metric line (#quality_metric). "
+                      "Default: inside a SageMaker container only.")
     flags.mark_flags_as_mutual_exclusive(["model", "saved_model"], required=True)
     flags.mark_flag_as_required("validation")
 
@@ -62,6 +65,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from tfssd import api
+    from tfssd.config.sagemaker_container import in_container
     from tfssd.training import sagemaker_metrics
     from tfssd.training.distribution import Cluster
 
@@ -86,7 +90,8 @@ def main(argv):
     if report.voc is not None:
         print(f"VOC: IoU > {FLAGS.overlap_threshold}, {FLAGS.ap_method} AP")
         print(report.voc.format(report.class_names))
-        print(sagemaker_metrics.validation_map(Cluster().host, 0, report.voc.mean_ap))
+        if (in_container() if FLAGS.metric_lines is None else FLAGS.metric_lines):
+            print(sagemaker_metrics.validation_map(Cluster().host, 0, report.voc.mean_ap))
     if report.coco is not None:
         print(report.coco.format(report.class_names))
     if report.figures is not None:
