@@ -190,7 +190,7 @@ def test_int8_export_and_evaluation_from_the_command_line(exported, shapes_tfrec
     assert open(str(work / "int8.labels.txt")).read().split() == CLASSES
     validation = f"{shapes_tfrecords['dir']}/validation-*"
     out = run("-m", "tfssd.cli.evaluate", f"--model={int8}", f"--validation={validation}",
-              "--metrics=voc,coco").stdout
+              "--metrics=voc,coco", "--metric_lines").stdout
     assert "8 images" in out and "circle" in out
     scores = {"int8": (float(re.search(METRIC_REGEXES["validation:mAP"], out).group(1)),
                        float(re.search(r"COCO AP@\[\.5:\.95\] (\S+)", out).group(1)))}
